@@ -1,0 +1,66 @@
+"""Where code runs and how reproducibly: device choice, seeds, offline switch, notebook profile."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Literal
+
+import numpy as np
+import torch
+
+Profile = Literal["fast", "lecture"]
+PROFILES: tuple[str, ...] = ("fast", "lecture")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def device(preferred: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple MPS, then CPU.
+
+    ``preferred`` (or the environment variable ``COURSEKIT_DEVICE``, e.g. ``cpu`` or ``cuda:1``)
+    overrides the choice; asking for a device that is not there raises ``ValueError``.
+    """
+    choice = preferred or os.environ.get("COURSEKIT_DEVICE")
+    if choice:
+        dev = torch.device(choice)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {choice!r} asked for, but CUDA is not available here; use 'cpu'")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {choice!r} asked for, but MPS is not available here; use 'cpu'")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same.
+
+    Pass the returned generator to a ``DataLoader`` when shuffling must not depend on what ran before.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def is_offline() -> bool:
+    """True when ``COURSEKIT_OFFLINE`` is set to 1/true (CI and tests set it): never try the network."""
+    return os.environ.get("COURSEKIT_OFFLINE", "").strip().lower() in _TRUE
+
+
+def resolve_profile(profile: str | None = None) -> Profile:
+    """The notebook profile: ``"fast"`` (CI: tiny data, few steps) or ``"lecture"`` (trains for real).
+
+    Order: the notebook's own ``PROFILE`` parameter (papermill sets it), then ``$COURSEKIT_PROFILE``,
+    then ``"lecture"``.
+    """
+    value = profile or os.environ.get("COURSEKIT_PROFILE") or "lecture"
+    value = value.strip().lower()
+    if value not in PROFILES:
+        raise ValueError(f"unknown profile {value!r}; choose one of {PROFILES}")
+    return value  # type: ignore[return-value]
