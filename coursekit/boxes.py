@@ -1,0 +1,266 @@
+"""Bounding boxes: formats, areas, IoU, non-maximum suppression and the R-CNN box encoding.
+
+Taught in notebooks 02 (IoU), 03-05 (NMS, box deltas). Everything here is written from scratch and
+returns exactly what ``torchvision.ops`` returns (``tests/test_boxes.py`` checks it).
+
+Convention inside coursekit: float ``xyxy`` boxes in pixels, ``Tensor[N, 4]`` with ``x1 <= x2`` and
+``y1 <= y2``. Other formats are converted at the edges with :func:`box_convert`:
+
+- ``"xyxy"``:   (x1, y1, x2, y2), the top-left and bottom-right corners;
+- ``"xywh"``:   (x1, y1, w, h), top-left corner plus size (COCO annotations);
+- ``"cxcywh"``: (cx, cy, w, h), centre plus size (YOLO, DETR, the regression targets of notebook 02).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BoxFormat",
+    "FORMATS",
+    "box_convert",
+    "box_area",
+    "box_iou",
+    "generalized_box_iou",
+    "nms",
+    "batched_nms",
+    "encode_boxes",
+    "decode_boxes",
+    "check_boxes",
+]
+
+BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
+FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
+
+# torchvision clamps dw, dh before exp() so a wild prediction cannot produce an infinite box.
+_BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+
+
+def check_boxes(boxes: Tensor, name: str = "boxes", *, require_float: bool = True, xyxy: bool = True) -> None:
+    """Raise ``ValueError`` naming the problem if ``boxes`` is not a valid ``Tensor[N, 4]``.
+
+    Checks: a tensor, two dims with last dim 4, floating dtype (if ``require_float``), no NaN/inf, and
+    for ``xyxy`` boxes ``x2 >= x1`` and ``y2 >= y1`` (a box given as xywh by mistake usually fails here).
+    """
+    if not isinstance(boxes, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape [N, 4], got {type(boxes).__name__}")
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape [N, 4], got {list(boxes.shape)}")
+    if require_float and not boxes.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {boxes.dtype}; use boxes.float()")
+    if boxes.is_floating_point() and not torch.isfinite(boxes).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    if xyxy and boxes.numel() and ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        bad = int(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).nonzero()[0])
+        raise ValueError(
+            f"{name}[{bad}] = {boxes[bad].tolist()} has x2 < x1 or y2 < y1; expected xyxy boxes "
+            "(convert from xywh / cxcywh with coursekit.boxes.box_convert)"
+        )
+
+
+def _check_format(fmt: str, arg: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown box format {arg}={fmt!r}; choose one of {FORMATS}")
+
+
+def box_convert(boxes: Tensor, in_fmt: BoxFormat, out_fmt: BoxFormat) -> Tensor:
+    """Convert ``boxes`` (Tensor[..., 4]) between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``.
+
+    Goes through xyxy, like torchvision.ops.box_convert. Widths and heights must not be negative.
+    """
+    _check_format(in_fmt, "in_fmt")
+    _check_format(out_fmt, "out_fmt")
+    if not isinstance(boxes, Tensor) or boxes.shape[-1:] != (4,):
+        shape = list(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"boxes must be a Tensor[..., 4], got {shape}")
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    a, b, c, d = boxes.unbind(-1)
+    if in_fmt != "xyxy" and boxes.numel() and ((c < 0) | (d < 0)).any():
+        raise ValueError(f"boxes in {in_fmt!r} format have negative width or height")
+    if in_fmt == "xywh":
+        a, b, c, d = a, b, a + c, b + d
+    elif in_fmt == "cxcywh":
+        a, b, c, d = a - 0.5 * c, b - 0.5 * d, a + 0.5 * c, b + 0.5 * d
+    # now (a, b, c, d) = (x1, y1, x2, y2)
+    if out_fmt == "xywh":
+        return torch.stack((a, b, c - a, d - b), dim=-1)
+    if out_fmt == "cxcywh":
+        return torch.stack(((a + c) / 2, (b + d) / 2, c - a, d - b), dim=-1)
+    return torch.stack((a, b, c, d), dim=-1)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Areas of xyxy ``boxes`` (Tensor[N, 4]) -> Tensor[N]."""
+    check_boxes(boxes, require_float=False)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _box_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """Pairwise intersection and union areas, each Tensor[N, M]. Inputs are already checked."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
+    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+    wh = (bottom_right - top_left).clamp(min=0)  # no overlap -> 0, not a negative area
+    inter = wh[..., 0] * wh[..., 1]
+    return inter, area1[:, None] + area2[None, :] - inter
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Intersection over union of every pair: xyxy Tensor[N, 4] x Tensor[M, 4] -> Tensor[N, M].
+
+    Two zero-area boxes have IoU 0/0 = NaN, exactly as in torchvision.
+    """
+    check_boxes(boxes1, "boxes1")
+    check_boxes(boxes2, "boxes2")
+    inter, union = _box_inter_union(boxes1, boxes2)
+    return inter / union
+
+
+def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Generalized IoU (Rezatofighi et al., 2019): IoU - (hull - union) / hull, in [-1, 1]. -> Tensor[N, M].
+
+    Unlike IoU it still has a gradient when boxes do not overlap, which is why DETR-style losses use it.
+    """
+    check_boxes(boxes1, "boxes1")
+    check_boxes(boxes2, "boxes2")
+    inter, union = _box_inter_union(boxes1, boxes2)
+    iou = inter / union
+    hull_tl = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
+    hull_br = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    hull_wh = (hull_br - hull_tl).clamp(min=0)
+    hull = hull_wh[..., 0] * hull_wh[..., 1]
+    return iou - (hull - union) / hull
+
+
+def _check_scores(boxes: Tensor, scores: Tensor) -> None:
+    if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
+        shape = list(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+        raise ValueError(f"scores must be a Tensor[N] with N = {boxes.shape[0]} (one per box), got {shape}")
+    if not scores.is_floating_point():
+        raise ValueError(f"scores must be floating point, got {scores.dtype}")
+
+
+def _greedy_keep(iou: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS on an IoU matrix whose rows/columns are already sorted by decreasing score.
+
+    Returns a bool mask of kept boxes. Greedy NMS keeps box j iff no *kept* box ranked above it overlaps
+    it by more than the threshold. Instead of a Python loop over boxes we iterate that rule on the whole
+    matrix (the fixed point of "Cluster-NMS", Zheng et al. 2021): start by letting every box suppress,
+    then let only the boxes kept so far suppress, until nothing changes. The fixed point is exactly the
+    greedy result, reached in a few matrix passes instead of N loop steps.
+    """
+    n = iou.shape[0]
+    # Only higher-ranked boxes (row i < column j) can suppress; NaN IoU (two empty boxes) never suppresses.
+    upper = torch.ones(n, n, dtype=torch.bool, device=iou.device).triu(diagonal=1)
+    above = (iou.nan_to_num(nan=-math.inf) > iou_threshold) & upper  # (N, N) bool: row i suppresses column j
+    keep = torch.ones(n, dtype=torch.bool, device=iou.device)
+    for _ in range(n):
+        new_keep = ~(above & keep[:, None]).any(dim=0)
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Non-maximum suppression: indices (int64 Tensor[K]) of the kept boxes, by decreasing score.
+
+    Args:
+        boxes (Tensor[N, 4]): xyxy float boxes.
+        scores (Tensor[N]): one score per box.
+        iou_threshold: a box is dropped when its IoU with a higher-scoring kept box is ``> iou_threshold``.
+
+    Same indices in the same order as ``torchvision.ops.nms`` (ties in score keep their input order).
+    Memory is O(N^2): fine for the few thousand boxes of a detector's output.
+    """
+    check_boxes(boxes)
+    _check_scores(boxes, scores)
+    if boxes.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    sorted_boxes = boxes[order]
+    inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
+    keep = _greedy_keep(inter / union, iou_threshold)
+    return order[keep]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS done independently per category ``idxs`` (Tensor[N] int): boxes of different classes never
+    suppress each other. Returns int64 Tensor[K] sorted by decreasing score, as ``torchvision.ops.batched_nms``.
+    """
+    check_boxes(boxes)
+    _check_scores(boxes, scores)
+    if not isinstance(idxs, Tensor) or idxs.shape != scores.shape or idxs.is_floating_point():
+        raise ValueError(f"idxs must be an integer Tensor[N] with N = {boxes.shape[0]}")
+    if boxes.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    sorted_boxes, sorted_idxs = boxes[order], idxs[order]
+    inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
+    iou = inter / union
+    # another class never suppresses, whatever the threshold
+    iou = iou.masked_fill(sorted_idxs[:, None] != sorted_idxs[None, :], -math.inf)
+    keep = _greedy_keep(iou, iou_threshold)
+    return order[keep]
+
+
+def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    return boxes[:, 0] + 0.5 * w, boxes[:, 1] + 0.5 * h, w, h
+
+
+def encode_boxes(
+    reference_boxes: Tensor, proposals: Tensor, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+) -> Tensor:
+    """R-CNN regression targets: how to move each proposal onto its ground-truth box. -> Tensor[N, 4].
+
+    For a proposal P (centre px, py, size pw, ph) and its matched ground truth G:
+    ``dx = wx (gx - px) / pw``, ``dy = wy (gy - py) / ph``, ``dw = ww log(gw / pw)``, ``dh = wh log(gh / ph)``.
+    Offsets are relative to the proposal's size, so the same delta means the same thing for a small and a
+    large box; log makes scaling symmetric. Same as torchvision's ``BoxCoder(weights).encode_single``.
+
+    Args:
+        reference_boxes (Tensor[N, 4]): ground-truth xyxy boxes, one per proposal.
+        proposals (Tensor[N, 4]): xyxy proposals (anchors, selective-search boxes) with positive size.
+    """
+    check_boxes(reference_boxes, "reference_boxes")
+    check_boxes(proposals, "proposals")
+    if reference_boxes.shape != proposals.shape:
+        raise ValueError(
+            f"reference_boxes {list(reference_boxes.shape)} and proposals {list(proposals.shape)} must match"
+        )
+    wx, wy, ww, wh = weights
+    px, py, pw, ph = _centre_size(proposals)
+    gx, gy, gw, gh = _centre_size(reference_boxes)
+    return torch.stack(
+        (wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw), wh * torch.log(gh / ph)), dim=1
+    )
+
+
+def decode_boxes(
+    rel_codes: Tensor,
+    boxes: Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: float = _BBOX_XFORM_CLIP,
+) -> Tensor:
+    """Apply deltas (Tensor[N, 4]: dx, dy, dw, dh) to ``boxes`` (Tensor[N, 4] xyxy): the inverse of
+    :func:`encode_boxes`. -> Tensor[N, 4] xyxy. ``dw``/``dh`` are clamped at ``clamp`` before ``exp`` so a
+    wild prediction cannot make an infinite box. Same as torchvision's ``BoxCoder.decode_single``.
+    """
+    check_boxes(boxes, "boxes")
+    if not isinstance(rel_codes, Tensor) or rel_codes.shape != boxes.shape:
+        raise ValueError(f"rel_codes must have the shape of boxes {list(boxes.shape)}")
+    wx, wy, ww, wh = weights
+    px, py, pw, ph = _centre_size(boxes.to(rel_codes.dtype))
+    dx, dy = rel_codes[:, 0] / wx, rel_codes[:, 1] / wy
+    dw, dh = (rel_codes[:, 2] / ww).clamp(max=clamp), (rel_codes[:, 3] / wh).clamp(max=clamp)
+    cx, cy = dx * pw + px, dy * ph + py
+    w, h = torch.exp(dw) * pw, torch.exp(dh) * ph
+    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=1)

@@ -1,0 +1,49 @@
+"""The course's table of contents: one place that lists the notebooks, in order.
+
+The README's notebook table, the Colab badges and the test that every notebook runs are all checked
+against this list, so adding a notebook means adding one line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["COURSE_REPO", "Notebook", "NOTEBOOKS", "colab_url"]
+
+COURSE_REPO = "dl4cv-course/dl4cv"  # GitHub owner/name the Colab badges and the Colab install point at
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """One lecture notebook: its file in ``notebooks/``, title and a one-line summary."""
+
+    file: str
+    title: str
+    summary: str
+
+
+NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook("01_transfer_learning.ipynb", "Transfer learning",
+             "Deck 000's 2x2 table run for real: linear probe, partial and full fine-tuning, learning curves."),
+    Notebook("02_localization_regression.ipynb", "Classification + localization as regression",
+             "A two-headed net: class and box, the multitask weight, deck 001's two-phase recipe, IoU."),
+    Notebook("03_sliding_windows_overfeat.ipynb", "Sliding windows and OverFeat",
+             "A classifier at every position and scale; dense layers as convolutions, measured speed-up."),
+    Notebook("04_rcnn_family.ipynb", "The R-CNN family",
+             "Selective search, R-CNN, Fast R-CNN with RoI pooling, Faster R-CNN with an RPN; one table."),
+    Notebook("05_yolo_ssd.ipynb", "Single-shot detectors: YOLO and SSD",
+             "YOLO's grid, SSD's anchors, hard negative mining, focal loss, receptive field, FPN, NMS."),
+    Notebook("06_semantic_segmentation.ipynb", "Semantic segmentation: FCN, U-Net, SegNet, DeepLab",
+             "Upsampling from scratch, transposed convolution, four architectures and smp, Dice/IoU."),
+    Notebook("07_mask_rcnn.ipynb", "Instance segmentation: Mask R-CNN",
+             "Semantic vs instance, RoIAlign from scratch, Mask R-CNN fine-tuned, box and mask AP."),
+    Notebook("08_stacked_hourglass_pose.ipynb", "Human pose: stacked hourglass",
+             "Gaussian heatmaps, the recursive hourglass, intermediate supervision, PCK."),
+    Notebook("09_deep_image_prior.ipynb", "Deep Image Prior",
+             "An untrained net as the prior: denoising, inpainting, x4 super-resolution, early stopping."),
+)
+
+
+def colab_url(path: str) -> str:
+    """The "Open in Colab" address of a notebook given by its path in the repository."""
+    return f"https://colab.research.google.com/github/{COURSE_REPO}/blob/main/{path}"
