@@ -82,3 +82,10 @@ def test_notebook_runs_in_fast_profile(path, tmp_path):
     limit = LIMIT_S[path.split("/")[0]]
     print(f"{path}: {elapsed:.1f} s")
     assert elapsed < limit, f"{path} took {elapsed:.0f} s in the fast profile (limit {limit} s)"
+
+
+def test_readme_lists_every_notebook_with_its_badge():
+    readme = (ROOT / "README.md").read_text()
+    for nb in NOTEBOOKS:
+        assert f"(notebooks/{nb.file})" in readme, f"README does not link {nb.file}"
+        assert colab_url(f"notebooks/{nb.file}") in readme, f"README has no Colab badge for {nb.file}"
