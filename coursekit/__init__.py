@@ -1,12 +1,53 @@
 """coursekit: the support package of the deep-learning-for-computer-vision course.
 
-Notebooks import it as ``import coursekit as ck``. Every concept lives in a module named after it
-(``ck.boxes``, ``ck.metrics``, ``ck.data``, ``ck.weights``, ``ck.train``, ``ck.viz``, ``ck.widgets``...);
-the two helpers every notebook calls first are re-exported here.
+Notebooks import it as ``import coursekit as ck``. Every concept lives in a module named after it;
+the two helpers every notebook calls first are re-exported here, and the modules load on first use
+(``ck.boxes.nms``, ``ck.metrics.mean_average_precision``, ...), so ``import coursekit`` stays fast.
+
+==================  ==========================================================================
+module              what it holds (the notebook that teaches it)
+==================  ==========================================================================
+``runtime``         ``device()``, ``seed_everything()``, ``is_offline()``, ``resolve_profile()``
+``boxes``           box formats, IoU / GIoU, NMS, R-CNN box deltas (02-05)
+``metrics``         COCO mAP (bbox, segm), VOC AP, IoU / mIoU, PCK, PSNR (02-09)
+``data``            generated datasets (Shapes, DigitScenes, StickFigures), real sample images
+``weights``         pretrained weights online, coursekit's own pretrained ResNet-18 offline (01)
+``transfer``        transfer-learning regimes and target tasks (01)
+``localization``    classification + localization as regression (02)
+``sliding``         sliding windows (03)
+``ops``             from-scratch RoI pool / RoI align / transposed convolution / unpooling (04-07)
+``anchors``         anchor generation, matching, hard negative mining (04-05)
+``losses``          focal loss, Dice / Jaccard, weighted cross-entropy (05-06)
+``receptive_field`` receptive-field arithmetic, measured too (05)
+``pose``            heatmap targets and decoding, keypoint augmentation (08)
+``dip``             Deep Image Prior fitting loop and task losses (09)
+``models``          the course's networks, one file per family
+``train``           ``Trainer`` / ``fit``: progress bar, callbacks, AMP, checkpoints
+``viz``, ``widgets``  drawing and ipywidgets
+``grading``         assignment builder and autograder (``coursekit`` command)
+==================  ==========================================================================
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from coursekit.runtime import device, is_offline, resolve_profile, seed_everything
 
 __version__ = "0.1.0"
 
-__all__ = ["device", "seed_everything", "is_offline", "resolve_profile", "__version__"]
+_MODULES = (
+    "anchors", "benchmark", "boxes", "course", "data", "dip", "grading", "localization", "losses", "metrics",
+    "models", "ops", "pose", "receptive_field", "runtime", "sliding", "train", "transfer", "viz", "weights",
+    "widgets",
+)
+
+__all__ = ["device", "seed_everything", "is_offline", "resolve_profile", "__version__", *_MODULES]
+
+
+def __getattr__(name: str) -> Any:
+    # Load a submodule on first use: `ck.metrics` works without importing everything up front.
+    if name in _MODULES:
+        return importlib.import_module(f"coursekit.{name}")
+    raise AttributeError(f"module 'coursekit' has no attribute {name!r}")

@@ -59,6 +59,7 @@ def test_target_tasks_are_balanced_normalised_and_split(task):
 
 
 def test_run_regime_learns_a_small_task():
+    torch.manual_seed(0)
     train = transfer.target_task("digits", 10, image_size=32, split="train")
     test = transfer.target_task("digits", 10, image_size=32, split="test")
     out = transfer.run_regime(torchvision.models.resnet18(weights=None), "scratch", train, test,
