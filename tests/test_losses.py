@@ -1,0 +1,148 @@
+"""coursekit.losses against torchvision's sigmoid_focal_loss, smp's Dice / Jaccard losses, F.cross_entropy."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before segmentation_models_pytorch is imported
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from segmentation_models_pytorch.losses import DiceLoss, JaccardLoss  # noqa: E402
+from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
+from torchvision.ops import sigmoid_focal_loss as tv_focal  # noqa: E402
+
+from coursekit.losses import (  # noqa: E402
+    class_counts,
+    class_weights_from_freq,
+    focal_loss_curve,
+    sigmoid_focal_loss,
+    soft_dice_loss,
+    soft_jaccard_loss,
+    weighted_cross_entropy,
+)
+
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2), (0.5, 0), (-1, 1.5), (1.0, 5)])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_sigmoid_focal_loss_matches_torchvision(alpha, gamma, reduction):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 50, 7, generator=g) * 4
+    x[0, 0, :3] = torch.tensor([40.0, -40.0, 0.0])  # saturated logits must not overflow
+    t = (torch.rand(4, 50, 7, generator=g) < 0.1).float()
+    x_ours, x_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours = sigmoid_focal_loss(x_ours, t, alpha, gamma, reduction)
+    ref = tv_focal(x_ref, t, alpha, gamma, reduction)
+    assert torch.allclose(ours, ref, atol=TOL, rtol=1e-5)
+    ours.sum().backward()
+    ref.sum().backward()
+    assert torch.allclose(x_ours.grad, x_ref.grad, atol=TOL)
+
+
+def test_focal_loss_down_weights_easy_examples():
+    p_t = torch.tensor([0.1, 0.5, 0.9])
+    ratio = focal_loss_curve(p_t, 2) / focal_loss_curve(p_t, 0)
+    assert torch.allclose(ratio, torch.tensor([0.81, 0.25, 0.01]))  # (1 - p_t)**2
+    with pytest.raises(ValueError, match="alpha"):
+        sigmoid_focal_loss(torch.zeros(2), torch.zeros(2), alpha=2.0)
+    with pytest.raises(ValueError, match="reduction"):
+        sigmoid_focal_loss(torch.zeros(2), torch.zeros(2), reduction="avg")
+
+
+SEG_OPTIONS = [
+    dict(),
+    dict(smooth=1.0),
+    dict(log_loss=True),
+    dict(ignore_index=255),
+    dict(smooth=0.5, eps=1e-3, log_loss=True, ignore_index=255),
+]
+
+
+def _seg_batch(g, mode, C=4):
+    logits = torch.randn(2, C if mode != "binary" else 1, 9, 11, generator=g) * 2
+    if mode == "multiclass":
+        target = torch.randint(0, C - 1, (2, 9, 11), generator=g)  # the last class never occurs
+        target[0, :2] = 255  # pixels to ignore (when ignore_index=255)
+    else:
+        target = (torch.rand(logits.shape, generator=g) < 0.3).float()
+        target[:, :, :2] = 255.0
+    return logits, target
+
+
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+@pytest.mark.parametrize("options", SEG_OPTIONS)
+def test_soft_dice_and_jaccard_match_smp(mode, options):
+    g = torch.Generator().manual_seed(1)
+    logits, target = _seg_batch(g, mode)
+    if "ignore_index" not in options:
+        target = target.masked_fill(target == 255, 0)
+    for ours_fn, smp_cls in ((soft_dice_loss, DiceLoss), (soft_jaccard_loss, JaccardLoss)):
+        x_ours, x_ref = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+        ours = ours_fn(x_ours, target, mode, **options)
+        ref = smp_cls(mode, **options)(x_ref, target)
+        assert torch.allclose(ours, ref, atol=TOL), (ours_fn.__name__, ours, ref)
+        ours.backward()
+        ref.backward()
+        assert torch.allclose(x_ours.grad, x_ref.grad, atol=1e-6)
+
+
+def test_soft_jaccard_equals_iou_on_hard_predictions():
+    # probabilities that are exactly 0 / 1: the soft IoU is the IoU of the two masks
+    pred = torch.zeros(1, 1, 6, 6)
+    pred[..., :4, :4] = 1
+    target = torch.zeros(1, 1, 6, 6)
+    target[..., 2:, 2:] = 1
+    iou = 4 / (16 + 16 - 4)
+    dice = 2 * 4 / (16 + 16)
+    assert torch.isclose(soft_jaccard_loss(pred, target, "binary", from_logits=False), torch.tensor(1 - iou))
+    assert torch.isclose(soft_dice_loss(pred, target, "binary", from_logits=False), torch.tensor(1 - dice))
+    assert soft_dice_loss(target, target, "binary", from_logits=False) == 0
+
+
+def test_soft_losses_bad_input_raises():
+    with pytest.raises(ValueError, match="mode"):
+        soft_dice_loss(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, dtype=torch.long), "multi")
+    with pytest.raises(ValueError, match="class indices"):
+        soft_jaccard_loss(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3))
+
+
+@pytest.mark.parametrize("shape", [(20, 5), (2, 5, 6, 7)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_weighted_cross_entropy_matches_torch(shape, reduction):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(*shape, generator=g)
+    target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    target.view(-1)[:3] = -100
+    weights = torch.rand(shape[1], generator=g) * 3
+    for w in (weights, None):
+        ours = weighted_cross_entropy(logits, target, w, reduction=reduction)
+        ref = F.cross_entropy(logits, target, weight=w, reduction=reduction)
+        assert torch.allclose(ours, ref, atol=TOL)
+
+
+def test_class_weights_from_freq():
+    labels = torch.tensor([0] * 70 + [1] * 20 + [2] * 10 + [4] * 5)  # class 3 never occurs
+    counts = class_counts(labels, 5)
+    assert counts.tolist() == [70, 20, 10, 0, 5]
+    present = [0, 1, 2, 4]
+    # "inverse" is scikit-learn's "balanced" for the classes that occur (computed over those 4 classes)
+    sk = compute_class_weight("balanced", classes=np.array(present), y=labels.numpy())
+    ours = class_weights_from_freq(counts[present], "inverse")
+    assert np.allclose(ours.numpy(), sk)
+    median = class_weights_from_freq(counts, "median")
+    f = counts / counts.sum()
+    assert torch.allclose(median[present], np.median(f[present].numpy()) / f[present])
+    assert median[3] == 0
+    log = class_weights_from_freq(counts, "log")
+    assert torch.allclose(log[present], 1 / torch.log(1.02 + f[present]).float())
+    assert log.max() <= 1 / np.log(1.02) and log[3] == 0
+    # rare classes weigh more, in every method
+    for method in ("inverse", "median", "log"):
+        w = class_weights_from_freq(counts, method)
+        assert w[0] < w[1] < w[2]
+    with pytest.raises(ValueError, match="method"):
+        class_weights_from_freq(counts, "sqrt")
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        class_counts(labels, 3)
