@@ -1,0 +1,56 @@
+"""Data for the course: deterministic generated datasets, real pictures shipped in wheels, real-data loaders.
+
+- Generated (no download, item ``i`` a pure function of ``(seed, i)``): :class:`Shapes` (shapes with boxes,
+  instance and semantic masks), :class:`DigitScenes` (real handwritten digits at several scales),
+  :class:`StickFigures` (articulated figures with 15 keypoints).
+- Real, offline: :func:`sample_image` (photos), :func:`lfw_faces` (faces / non-faces), :func:`digits`.
+- Real, online: :func:`penn_fudan`, :func:`oxford_pet`, :func:`voc_detection`, :func:`voc_segmentation`;
+  offline they raise :class:`OfflineError` naming the generated alternative.
+- Between dataset and model: :func:`collate` (detection batches), :func:`hflip` and
+  :class:`RandomHorizontalFlip`.
+
+Pixel convention: pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``; boxes are float xyxy with
+``x2 = last column + 1``; keypoints are (x, y) in the same continuous coordinates.
+"""
+
+from coursekit.data.digits import DIGIT_SPLITS, DigitScenes
+from coursekit.data.real import (
+    IGNORE_INDEX,
+    VOC_CLASSES,
+    OfflineError,
+    PennFudan,
+    oxford_pet,
+    penn_fudan,
+    voc_detection,
+    voc_segmentation,
+)
+from coursekit.data.samples import SAMPLE_IMAGES, digits, lfw_faces, sample_image
+from coursekit.data.shapes import SHAPE_KINDS, Shapes
+from coursekit.data.stick_figures import FLIP_PAIRS, KEYPOINTS, SKELETON, StickFigures
+from coursekit.data.transforms import RandomHorizontalFlip, collate, hflip
+
+__all__ = [
+    "Shapes",
+    "SHAPE_KINDS",
+    "DigitScenes",
+    "DIGIT_SPLITS",
+    "StickFigures",
+    "KEYPOINTS",
+    "SKELETON",
+    "FLIP_PAIRS",
+    "sample_image",
+    "SAMPLE_IMAGES",
+    "lfw_faces",
+    "digits",
+    "OfflineError",
+    "PennFudan",
+    "penn_fudan",
+    "oxford_pet",
+    "voc_detection",
+    "voc_segmentation",
+    "VOC_CLASSES",
+    "IGNORE_INDEX",
+    "collate",
+    "hflip",
+    "RandomHorizontalFlip",
+]
