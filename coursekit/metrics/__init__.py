@@ -1,0 +1,37 @@
+"""Evaluation metrics of the course, each written from scratch and tested against the trusted library.
+
+- :mod:`~coursekit.metrics.detection`: COCO mAP for boxes and masks (= pycocotools), PASCAL VOC AP
+  (notebooks 05, 07).
+- :mod:`~coursekit.metrics.segmentation`: confusion matrix, per-class IoU, mean IoU (notebook 06).
+- :mod:`~coursekit.metrics.pose`: PCK / PCKh and the PCK curve (notebook 08).
+- :mod:`~coursekit.metrics.image`: PSNR (notebook 09).
+"""
+
+from coursekit.metrics.detection import (
+    AREA_RANGES,
+    CocoEvaluation,
+    benchmark_map,
+    evaluate_detections,
+    mean_average_precision,
+    pycocotools_map,
+    voc_ap,
+)
+from coursekit.metrics.image import psnr
+from coursekit.metrics.pose import pck, pck_curve
+from coursekit.metrics.segmentation import confusion_matrix, iou_score, mean_iou
+
+__all__ = [
+    "mean_average_precision",
+    "evaluate_detections",
+    "CocoEvaluation",
+    "AREA_RANGES",
+    "voc_ap",
+    "pycocotools_map",
+    "benchmark_map",
+    "confusion_matrix",
+    "iou_score",
+    "mean_iou",
+    "pck",
+    "pck_curve",
+    "psnr",
+]
