@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Tests never touch the network and never wait for a hub (see README, "Offline").
-TEST_ENV := COURSEKIT_OFFLINE=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg COURSEKIT_PROFILE=fast
+# Tests never touch the network and never wait for a hub (see README, "Offline"). One thread per
+# test worker: JOBS workers with N threads each on a small machine thrash (10-50x slower), one each does not.
+TEST_ENV := COURSEKIT_OFFLINE=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg COURSEKIT_PROFILE=fast OMP_NUM_THREADS=1
 JOBS   ?= 2
 
 .PHONY: install lab test test-fast lint strip assignments clean

@@ -15,6 +15,8 @@ module              what it holds (the notebook that teaches it)
 ``transfer``        transfer-learning regimes and target tasks (01)
 ``localization``    classification + localization as regression (02)
 ``sliding``         sliding windows (03)
+``proposals``       region proposals: from-scratch Selective Search, proposal recall (04)
+``segmentation``    segmentation data, joint augmentation, training step, boundary F, TTA (06)
 ``ops``             from-scratch RoI pool / RoI align / transposed convolution / unpooling (04-07)
 ``anchors``         anchor generation, matching, hard negative mining (04-05)
 ``losses``          focal loss, Dice / Jaccard, weighted cross-entropy (05-06)
@@ -39,8 +41,8 @@ __version__ = "0.1.0"
 
 _MODULES = (
     "anchors", "benchmark", "boxes", "course", "data", "dip", "grading", "localization", "losses", "metrics",
-    "models", "ops", "pose", "receptive_field", "runtime", "sliding", "train", "transfer", "viz", "weights",
-    "widgets",
+    "models", "ops", "pose", "proposals", "receptive_field", "runtime", "segmentation", "sliding", "train",
+    "transfer", "viz", "weights", "widgets",
 )
 
 __all__ = ["device", "seed_everything", "is_offline", "resolve_profile", "__version__", *_MODULES]

@@ -41,8 +41,12 @@ BOX_LOSSES: tuple[str, ...] = ("l2", "l1", "smooth_l1")
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
     """Two 3x3 conv + BN + ReLU, then 2x2 max-pool: halves the resolution."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
 
@@ -172,7 +176,8 @@ def evaluate(model: LocalizationNet, data: TensorDataset, device: torch.device |
         logits, boxes = model(images[i : i + batch_size].to(device))
         predicted = logits.argmax(1).cpu()
         pred_boxes = LocalizationNet.pick_boxes(boxes.cpu(), predicted)
-        iou = box_iou(to_pixels_xyxy(pred_boxes, size), to_pixels_xyxy(gt[i : i + batch_size], size)).diagonal()
+        gt_boxes = to_pixels_xyxy(gt[i : i + batch_size], size)
+        iou = box_iou(to_pixels_xyxy(pred_boxes, size), gt_boxes).diagonal()  # each box with its own truth
         correct.append(predicted == labels[i : i + batch_size])
         ious.append(iou)
     correct_t, iou_t = torch.cat(correct), torch.cat(ious)

@@ -211,7 +211,9 @@ def make_step(augment: bool = False):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: TensorDataset, device: torch.device | str, batch_size: int = 256) -> float:
+def accuracy(
+    model: nn.Module, data: TensorDataset, device: torch.device | str, batch_size: int = 256
+) -> float:
     """Top-1 accuracy of ``model`` on a ``TensorDataset`` of (images, labels)."""
     model.eval()
     images, labels = data.tensors

@@ -1,8 +1,9 @@
-"""Every notebook of the course runs headless, top to bottom, in the fast profile, offline.
+"""Every lecture notebook runs headless, top to bottom, in the fast profile, offline.
 
-Also: notebooks are committed without outputs, carry a papermill ``parameters`` cell and a Colab
-badge that points at themselves, and the table of contents (``coursekit.course``) lists exactly the
-notebooks that exist.
+Also: every notebook (lecture, solution, assignment) is committed without outputs, carries a papermill
+``parameters`` cell and a Colab badge that points at itself, and the table of contents
+(``coursekit.course``) lists exactly the notebooks that exist. Solutions and student assignments are
+executed by the autograder in ``tests/test_assignments.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ FOLDERS = ("notebooks", "solutions", "assignments")
 ALL = sorted(p.relative_to(ROOT).as_posix() for folder in FOLDERS for p in (ROOT / folder).glob("*.ipynb"))
 # Fast-profile budget per notebook on a 2-core CPU (the issue asks < 60 s for lecture notebooks); the
 # margin absorbs a second pytest worker sharing the CPU.
-LIMIT_S = {"notebooks": 150, "solutions": 200, "assignments": 200}
+LIMIT_S = 150
+LECTURES = [path for path in ALL if path.startswith("notebooks/")]
 CELL_TIMEOUT_S = 120
 
 
@@ -65,7 +67,7 @@ def test_notebooks_pass_nbstripout_verify():
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("path", ALL)
+@pytest.mark.parametrize("path", LECTURES)
 def test_notebook_runs_in_fast_profile(path, tmp_path):
     start = time.perf_counter()
     # The kernel inherits this process's environment: offline, fast profile, Agg (tests/conftest.py).
@@ -79,9 +81,8 @@ def test_notebook_runs_in_fast_profile(path, tmp_path):
         progress_bar=False,
     )
     elapsed = time.perf_counter() - start
-    limit = LIMIT_S[path.split("/")[0]]
     print(f"{path}: {elapsed:.1f} s")
-    assert elapsed < limit, f"{path} took {elapsed:.0f} s in the fast profile (limit {limit} s)"
+    assert elapsed < LIMIT_S, f"{path} took {elapsed:.0f} s in the fast profile (limit {LIMIT_S} s)"
 
 
 def test_readme_lists_every_notebook_with_its_badge():

@@ -40,18 +40,13 @@ def test_offline_backbone_prints_one_line_and_is_cached(capsys, monkeypatch):
 
 @torch.no_grad()
 def test_offline_backbone_learned_its_source_task(monkeypatch):
-    """Held-out Shapes scenes: the cached backbone names the shape kinds present far above chance."""
-    from coursekit.data import Shapes
-
+    """Held-out images of the source task: the cached backbone names the shape far above chance (1/6)."""
     monkeypatch.setenv("COURSEKIT_OFFLINE", "1")
     model, _ = weights.resnet18_backbone(verbose=False)
     model.eval()
-    data = Shapes(n=64, image_size=weights._PRETRAIN_SIZE, min_objects=1, max_objects=3, seed=12345)
-    images, targets = weights._source_batch(data, 0, 64)
-    predicted = model(images) > 0
-    accuracy = (predicted == targets.bool()).float().mean().item()
-    always_absent = 1 - targets.mean().item()  # the best constant guess
-    assert accuracy > always_absent + 0.1, (accuracy, always_absent)
+    images, labels = weights._source_batch(weights.source_data(256, seed=12345), 0, 256)
+    accuracy = (model(images).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.6, accuracy  # measured 0.83
 
 
 def test_load_backbone_weights_into_smp_encoder_and_detection_body(monkeypatch):

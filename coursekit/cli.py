@@ -1,0 +1,133 @@
+"""The ``coursekit`` command (also ``python -m coursekit.cli``).
+
+    coursekit assignments build [--solutions solutions] [--out assignments]
+    coursekit assignments check [--solutions solutions] [--out assignments]
+    coursekit grade PATH [--solution solutions/NN_name.ipynb] [--out grading_out]
+                         [--cell-timeout 60] [--timeout 600]
+
+Exit status: 0 done; 1 ``check`` found stale or leaking assignments, or ``grade`` met submissions it
+could not grade (they still get a 0 row); 2 bad input (missing file, not a notebook, no solution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from coursekit.grading.build import build_assignments, check_up_to_date, leaked_lines, read_notebook
+from coursekit.grading.grade import (
+    DEFAULT_CELL_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    GradeReport,
+    find_solution,
+    grade_folder,
+    grade_notebook,
+)
+from coursekit.grading.report import report_path, write_json, write_reports
+
+__all__ = ["main"]
+
+
+def _build(args: argparse.Namespace) -> int:
+    changed = build_assignments(args.solutions, args.out)
+    for path in changed:
+        print(f"wrote {path}")
+    if not changed:
+        print(f"{args.out} is up to date with {args.solutions}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    problems = check_up_to_date(args.solutions, args.out)
+    for solution in sorted(Path(args.solutions).glob("*.ipynb")):
+        student = Path(args.out) / solution.name
+        if student.is_file():
+            problems += [f"{student} shows solution or hidden-test text: {line!r}"
+                         for line in leaked_lines(read_notebook(solution), read_notebook(student))]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{args.out} is up to date with {args.solutions}")
+    return 1 if problems else 0
+
+
+def _summary(report: GradeReport) -> str:
+    line = f"{report.student}: {report.score:g}/{report.max_score:g}"
+    if report.status == "invalid":
+        return f"{line}  NOT GRADED: {report.notes[0]}"
+    failed = [f"{t.grade_id} ({t.error})" for t in report.tests if t.status != "passed"]
+    return line + (f"  failed: {', '.join(failed)}" if failed else "")
+
+
+def _grade(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    limits = {"cell_timeout": args.cell_timeout, "timeout": args.timeout, "profile": args.profile}
+    if path.is_dir():
+        reports = grade_folder(path, args.solution, solutions_dir=args.solutions, **limits)
+        if not reports:
+            raise FileNotFoundError(f"no .ipynb files under {path}")
+        files = write_reports(reports, args.out)
+    elif path.is_file():
+        solution = args.solution or find_solution(path, args.solutions)
+        reports = [grade_notebook(path, solution, **limits)]
+        files = [write_json(reports[0], report_path(args.out, reports[0]))]
+    else:
+        raise FileNotFoundError(f"no submission at {path}: give a notebook or a folder of notebooks")
+    for report in reports:
+        print(_summary(report))
+    print(f"reports: {', '.join(str(f) for f in files)}" if len(files) < 4 else f"reports in {args.out}/")
+    return 1 if any(r.status == "invalid" for r in reports) else 0
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coursekit", description="Course tools: build assignments, grade them.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    assignments = commands.add_parser("assignments", help="student notebooks generated from solutions/")
+    actions = assignments.add_subparsers(dest="action", required=True)
+    for name, func, text in (("build", _build, "write assignments/ from solutions/"),
+                             ("check", _check, "exit 1 if assignments/ is stale or shows solution text")):
+        sub = actions.add_parser(name, help=text, description=text)
+        sub.add_argument("--solutions", default="solutions", help="instructor notebooks (default: solutions)")
+        sub.add_argument("--out", default="assignments", help="student notebooks (default: assignments)")
+        sub.set_defaults(func=func)
+
+    grade = commands.add_parser("grade", help="grade a submission or a folder of submissions",
+                                description="Run submissions in a fresh kernel against the solution's tests; "
+                                "write one JSON report per student (and grades.csv for a folder).")
+    grade.add_argument("path", help="a submitted .ipynb, or a folder of them (searched recursively)")
+    grade.add_argument("--solution", help="the solution notebook (default: found in --solutions by file name)")
+    grade.add_argument("--solutions", default="solutions", help="where to look for solutions (default: solutions)")
+    grade.add_argument("--out", default="grading_out", help="folder for the reports (default: grading_out)")
+    grade.add_argument("--cell-timeout", type=_positive, default=DEFAULT_CELL_TIMEOUT_S,
+                       help=f"seconds per cell (default: {DEFAULT_CELL_TIMEOUT_S:g})")
+    grade.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT_S,
+                       help=f"seconds per submission (default: {DEFAULT_TIMEOUT_S:g})")
+    grade.add_argument("--profile", choices=("fast", "lecture"), default="fast",
+                       help="COURSEKIT_PROFILE in the grading kernel (default: fast)")
+    grade.set_defaults(func=_grade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (the console script exits with it)."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        # Bad input is the user's to fix: one line, no traceback.
+        print(f"coursekit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Assignments and their autograder (the ``coursekit`` command).
+
+``build``: instructor solution notebook -> student assignment notebook (and checks that the students'
+copies are current and leak nothing); ``grade``: run a submission against the solution, test cell by
+test cell; ``report``: the per-student JSON and the class CSV.
+"""
+
+from coursekit.grading.build import (
+    COURSE_REPO,
+    build_assignments,
+    build_student_notebook,
+    check_up_to_date,
+    leaked_lines,
+    read_notebook,
+    validate_solution,
+)
+from coursekit.grading.grade import (
+    CellResult,
+    GradeReport,
+    TestResult,
+    assemble_notebook,
+    find_solution,
+    grade_folder,
+    grade_notebook,
+)
+from coursekit.grading.report import read_report, report_dict, write_csv, write_json, write_reports
+
+__all__ = [
+    "COURSE_REPO",
+    "CellResult",
+    "GradeReport",
+    "TestResult",
+    "assemble_notebook",
+    "build_assignments",
+    "build_student_notebook",
+    "check_up_to_date",
+    "find_solution",
+    "grade_folder",
+    "grade_notebook",
+    "leaked_lines",
+    "read_notebook",
+    "read_report",
+    "report_dict",
+    "validate_solution",
+    "write_csv",
+    "write_json",
+    "write_reports",
+]

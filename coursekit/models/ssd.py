@@ -1,0 +1,263 @@
+"""SSD in miniature: default boxes on several feature maps, classified straight into classes + "none".
+
+Liu et al., "SSD: single shot multibox detector" (ECCV 2016, 59 FPS); Lin et al., "Feature pyramid
+networks for object detection" (CVPR 2017); decks 003 and 004, taught in notebook ``05_yolo_ssd``.
+The figure the code follows::
+
+    image ─► TinyDarknet ─► feature maps at strides (8, 16, 32) ─(optional FPN top-down path)─►
+        per level: 3x3 conv ─► class logits [N, A_l, C + 1]     3x3 conv ─► box deltas [N, A_l, 4]
+    concatenated over levels: cls_logits [N, A, C + 1], deltas [N, A, 4]; anchors [A, 4] xyxy pixels
+
+- Anchors (default boxes) come from :func:`coursekit.anchors.ssd_default_boxes`; level ``l`` gets boxes
+  of ``1.5 x stride`` pixels by default, so the high-resolution level holds the small anchors.
+- Training (:func:`ssd_loss`): :func:`coursekit.anchors.match_anchors` (IoU >= 0.5, plus every object's
+  best anchor), smooth L1 on the R-CNN deltas of the positives, cross-entropy on positives and the
+  ``3 x P`` hardest negatives (:func:`coursekit.anchors.hard_negative_mining`), both divided by ``P``.
+- Inference (:func:`decode`): softmax, per-class score threshold and top-k, deltas -> boxes, clip,
+  per-class NMS: the same steps and numbers as torchvision's ``SSD.postprocess_detections``.
+
+:func:`ssd_loss` equals torchvision's ``SSD.compute_loss`` and :func:`decode` its
+``postprocess_detections`` (``tests/test_ssd.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coursekit.anchors import decode as decode_deltas
+from coursekit.anchors import encode, hard_negative_mining, match_anchors, ssd_default_boxes
+from coursekit.boxes import batched_nms
+from coursekit.models.yolo import TinyDarknet, _check_images, conv_block
+
+__all__ = ["BOX_WEIGHTS", "SSD", "FPN", "ssd_targets", "ssd_loss", "decode", "ssd_step"]
+
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # SSD / torchvision scale the deltas so both losses weigh alike
+_ANCHOR_SCALE = 1.5  # default anchor side: 1.5 x the level's stride
+
+
+class FPN(nn.Module):
+    """Feature Pyramid Network top-down path: ``list[Tensor[N, c_l, h_l, w_l]]`` (fine to coarse) ->
+    ``list[Tensor[N, channels, h_l, w_l]]``.
+
+    Each level: a 1x1 "lateral" conv to ``channels``, plus the (nearest-)upsampled result of the coarser
+    level, then a 3x3 conv. The high-resolution maps thus receive the semantics of the deep ones.
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int = 64):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.smooth = nn.ModuleList(conv_block(channels, channels) for _ in in_channels)
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        top = self.lateral[-1](features[-1])
+        outs = [self.smooth[-1](top)]
+        for i in range(len(features) - 2, -1, -1):  # coarse -> fine
+            top = self.lateral[i](features[i]) + F.interpolate(top, size=features[i].shape[-2:], mode="nearest")
+            outs.insert(0, self.smooth[i](top))
+        return outs
+
+
+class SSD(nn.Module):
+    """A small SSD. ``forward(x [N, 3, H, W])`` -> ``(cls_logits [N, A, C + 1], deltas [N, A, 4])``.
+
+    Args:
+        num_classes: ``C`` object classes; logit 0 is the background ("none").
+        image_size: square input side.
+        strides: the backbone levels that predict (powers of 2 up to ``2 ** len(widths)``), e.g.
+            ``(8, 16, 32)``; leave out 8 to see what the high-resolution level buys on small objects.
+        widths: backbone stage channels (:class:`~coursekit.models.yolo.TinyDarknet`).
+        aspect_ratios: SSD ratios per level (default ``(2,)``: boxes 1:1, 1:1 larger, 2:1, 1:2).
+        scales: anchor scales as fractions of the image, one per level plus one (SSD's ``s_k``); default
+            ``1.5 x stride / image_size`` per level, then 1.0.
+        fpn: add the FPN top-down path (:class:`FPN`) before the heads.
+        fpn_channels: channels of the FPN levels.
+
+    The attribute ``anchors`` (``Tensor[A, 4]`` xyxy pixels, a buffer that follows the device) is in the
+    order of the flattened outputs: level, row, column, box of the cell.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 96,
+        strides: Sequence[int] = (8, 16, 32),
+        widths: tuple[int, ...] = (16, 32, 64, 128, 128),
+        aspect_ratios: Sequence[Sequence[float]] | None = None,
+        scales: Sequence[float] | None = None,
+        fpn: bool = False,
+        fpn_channels: int = 64,
+    ):
+        super().__init__()
+        self.backbone = TinyDarknet(widths)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        bad = [s for s in strides if s not in self.backbone.strides or image_size % s]
+        if not strides or bad or list(strides) != sorted(set(strides)):
+            raise ValueError(
+                f"strides must be increasing, among the backbone's {self.backbone.strides} and divide "
+                f"image_size={image_size}; got {tuple(strides)}"
+            )
+        self.num_classes, self.image_size, self.strides = num_classes, image_size, tuple(strides)
+        self.levels = [self.backbone.strides.index(s) for s in strides]
+        self.aspect_ratios = [tuple(r) for r in (aspect_ratios or [(2.0,)] * len(strides))]
+        if scales is None:
+            scales = [_ANCHOR_SCALE * s / image_size for s in strides] + [1.0]
+        if len(self.aspect_ratios) != len(strides) or len(scales) != len(strides) + 1:
+            raise ValueError(f"give one aspect_ratios entry per level and len(strides) + 1 = {len(strides) + 1} scales")
+        in_channels = [widths[i] for i in self.levels]
+        self.fpn = FPN(in_channels, fpn_channels) if fpn else None
+        head_in = [fpn_channels] * len(strides) if fpn else in_channels
+        per_cell = [2 + 2 * len(r) for r in self.aspect_ratios]  # SSD: two squares + a pair per ratio
+        pairs = list(zip(head_in, per_cell, strict=True))
+        self.cls_heads = nn.ModuleList(nn.Conv2d(c, a * (num_classes + 1), 3, padding=1) for c, a in pairs)
+        self.box_heads = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1) for c, a in pairs)
+        sizes = [(image_size // s, image_size // s) for s in strides]
+        anchors = ssd_default_boxes(sizes, (image_size, image_size), self.aspect_ratios, scales=list(scales))
+        self.register_buffer("anchors", anchors, persistent=False)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The maps the heads read: the chosen backbone levels, through the FPN when there is one."""
+        stages = self.backbone(x)
+        maps = [stages[i] for i in self.levels]
+        return self.fpn(maps) if self.fpn is not None else maps
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        _check_images(x, self.image_size)
+        N = x.shape[0]
+        cls, box = [], []
+        for f, cls_head, box_head in zip(self.features(x), self.cls_heads, self.box_heads):
+            # [N, A_cell * K, h, w] -> [N, h, w, A_cell * K] -> [N, h * w * A_cell, K]: the anchors' order
+            cls.append(cls_head(f).permute(0, 2, 3, 1).reshape(N, -1, self.num_classes + 1))
+            box.append(box_head(f).permute(0, 2, 3, 1).reshape(N, -1, 4))
+        return torch.cat(cls, dim=1), torch.cat(box, dim=1)  # (N, A, C + 1), (N, A, 4)
+
+    @torch.no_grad()
+    def detect(
+        self,
+        images: Tensor,
+        score_threshold: float = 0.05,
+        iou_threshold: float = 0.45,
+        topk_candidates: int = 100,
+        max_detections: int = 100,
+    ) -> list[dict[str, Tensor]]:
+        """Boxes of a batch ``[N, 3, H, W]``: :func:`decode` of ``forward``, in eval mode.
+
+        Tighter defaults than torchvision's SSD300 (0.01, 400 per class): coursekit's NMS builds the full
+        ``K x K`` IoU matrix, and an untrained net can pass thousands of low scores to it."""
+        was_training = self.training
+        self.eval()
+        try:
+            cls_logits, deltas = self(images)
+        finally:
+            self.train(was_training)
+        return decode(
+            cls_logits, deltas, self.anchors, self.image_size,
+            score_threshold=score_threshold, iou_threshold=iou_threshold, topk_candidates=topk_candidates,
+            max_detections=max_detections,
+        )
+
+
+# ------------------------------------------------------------------------------------------- training
+def ssd_targets(anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Class and box targets of every anchor of every image.
+
+    Args:
+        anchors (Tensor[A, 4]): xyxy pixels.
+        targets: one dict per image with ``boxes`` (Tensor[G, 4] xyxy) and ``labels`` (Tensor[G] int64, 1..C).
+
+    Returns ``labels [N, A]`` int64 (0 = background) and ``box_targets [N, A, 4]`` (encoded deltas with
+    :data:`BOX_WEIGHTS`; zeros for the background). Matching: IoU >= 0.5, plus each object's best
+    anchor (SSD's rule, torchvision's ``SSDMatcher``).
+    """
+    labels, box_targets = [], []
+    for t in targets:
+        matches = match_anchors(anchors, t["boxes"], high=0.5, low=0.5, allow_low_quality=True)  # (A,)
+        positive = matches >= 0
+        lab = torch.zeros_like(matches)
+        lab[positive] = t["labels"][matches[positive]]
+        deltas = torch.zeros_like(anchors)
+        deltas[positive] = encode(t["boxes"][matches[positive]], anchors[positive], BOX_WEIGHTS)
+        labels.append(lab)
+        box_targets.append(deltas)
+    return torch.stack(labels), torch.stack(box_targets)
+
+
+def ssd_loss(
+    cls_logits: Tensor, deltas: Tensor, anchors: Tensor, targets: Sequence[dict[str, Tensor]], neg_pos_ratio: int = 3
+) -> dict[str, Tensor]:
+    """SSD's loss. -> ``{"loss", "loss_cls", "loss_box"}`` scalars.
+
+    Args:
+        cls_logits (Tensor[N, A, C + 1]), deltas (Tensor[N, A, 4]): the network's output.
+        anchors (Tensor[A, 4]): xyxy pixels.
+        targets: one dict per image (``boxes``, ``labels``).
+
+    ``loss_box``: smooth L1 (beta 1) between predicted and target deltas, summed over positive anchors;
+    ``loss_cls``: cross-entropy summed over positives and the ``neg_pos_ratio x P`` negatives of largest
+    loss in each image (hard negative mining). Both are divided by ``P``, the number of positives in the
+    batch (at least 1). Equals torchvision's ``SSD.compute_loss`` (``bbox_regression``, ``classification``).
+    """
+    if cls_logits.dim() != 3 or deltas.shape != (*cls_logits.shape[:2], 4) or len(targets) != cls_logits.shape[0]:
+        raise ValueError(
+            f"need cls_logits [N, A, C + 1], deltas [N, A, 4] and N targets; got {list(cls_logits.shape)}, "
+            f"{list(deltas.shape)} and {len(targets)} targets"
+        )
+    labels, box_targets = ssd_targets(anchors, targets)  # (N, A), (N, A, 4)
+    positive = labels > 0
+    num_pos = positive.sum().clamp(min=1)
+    loss_box = F.smooth_l1_loss(deltas[positive], box_targets[positive], reduction="sum") / num_pos
+    ce = F.cross_entropy(cls_logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)  # (N, A)
+    keep = hard_negative_mining(ce, labels, neg_pos_ratio)  # positives + the hardest 3P negatives
+    loss_cls = ce[keep].sum() / num_pos
+    return {"loss": loss_cls + loss_box, "loss_cls": loss_cls, "loss_box": loss_box}
+
+
+def ssd_step(model: SSD, batch: tuple, device: torch.device) -> dict[str, Tensor]:
+    """A :class:`coursekit.train.Trainer` step: ``batch = (images [N, 3, H, W], list of target dicts)``."""
+    images, targets = batch
+    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+    cls_logits, deltas = model(images.to(device))
+    return ssd_loss(cls_logits, deltas, model.anchors, targets)
+
+
+# ------------------------------------------------------------------------------------------ inference
+def decode(
+    cls_logits: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    image_size: int | tuple[int, int],
+    score_threshold: float = 0.01,
+    iou_threshold: float = 0.45,
+    topk_candidates: int = 400,
+    max_detections: int = 200,
+) -> list[dict[str, Tensor]]:
+    """Detections of each image: a list of N dicts ``boxes`` (Tensor[K, 4] xyxy inside the image),
+    ``scores`` (Tensor[K], decreasing), ``labels`` (Tensor[K] int64 in ``1..C``).
+
+    Per image: softmax over ``C + 1`` classes; decode the deltas on the anchors and clip to the image;
+    per class ``1..C``: keep scores ``> score_threshold``, then the ``topk_candidates`` best; per-class NMS
+    at ``iou_threshold``; the ``max_detections`` best. Defaults are torchvision's SSD300 settings.
+    """
+    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
+    probs = cls_logits.softmax(dim=-1)  # (N, A, C + 1)
+    detections = []
+    for p, d in zip(probs, deltas, strict=True):
+        boxes = decode_deltas(d, anchors, BOX_WEIGHTS)
+        boxes = torch.stack([boxes[:, 0].clamp(0, W), boxes[:, 1].clamp(0, H),
+                             boxes[:, 2].clamp(0, W), boxes[:, 3].clamp(0, H)], dim=1)  # fmt: skip
+        all_boxes, all_scores, all_labels = [], [], []
+        for c in range(1, p.shape[-1]):
+            score = p[:, c]
+            candidates = (score > score_threshold).nonzero().flatten()
+            top = score[candidates].topk(min(topk_candidates, candidates.numel()))
+            all_boxes.append(boxes[candidates[top.indices]])
+            all_scores.append(top.values)
+            all_labels.append(torch.full_like(top.indices, c))
+        b, s, lab = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        keep = batched_nms(b, s, lab, iou_threshold)[:max_detections]
+        detections.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
+    return detections
