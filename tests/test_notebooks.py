@@ -55,6 +55,7 @@ def test_notebook_is_clean_and_parametrised(path):
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1, f"{path} needs exactly one cell tagged 'parameters'"
     assert "PROFILE" in "".join(params[0]["source"])
+    assert nb["metadata"].get("kernelspec", {}).get("name") == "python3", f"{path}: set the Python 3 kernel"
     first = "".join(cells[0]["source"])
     assert cells[0]["cell_type"] == "markdown" and colab_url(path) in first, f"{path}: Colab badge missing or wrong"
 
