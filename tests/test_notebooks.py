@@ -67,21 +67,34 @@ def test_notebooks_pass_nbstripout_verify():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("path", LECTURES)
-def test_notebook_runs_in_fast_profile(path, tmp_path):
+def _run_fast(path: str, out: Path) -> float:
+    """Execute one notebook in the fast profile; return the seconds it took."""
     start = time.perf_counter()
     # The kernel inherits this process's environment: offline, fast profile, Agg (tests/conftest.py).
     papermill.execute_notebook(
         str(ROOT / path),
-        str(tmp_path / Path(path).name),
+        str(out),
         parameters={"PROFILE": "fast"},
         kernel_name="python3",
         cwd=str((ROOT / path).parent),
         execution_timeout=CELL_TIMEOUT_S,
         progress_bar=False,
     )
-    elapsed = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", LECTURES)
+def test_notebook_runs_in_fast_profile(path, tmp_path):
+    out = tmp_path / Path(path).name
+    try:
+        elapsed = _run_fast(path, out)
+    except TimeoutError:
+        # Now and then a kernel sits idle without ever answering a cell (seen on widget cells with
+        # ipykernel 6 and 7 alike; jupyter/nbclient#312, ipython/ipykernel#1554). One fresh kernel
+        # tells that apart from a notebook that is really too slow or loops: that one times out twice.
+        print(f"{path}: a cell timed out after {CELL_TIMEOUT_S} s; retrying once in a fresh kernel")
+        elapsed = _run_fast(path, out)
     print(f"{path}: {elapsed:.1f} s")
     assert elapsed < LIMIT_S, f"{path} took {elapsed:.0f} s in the fast profile (limit {LIMIT_S} s)"
 
