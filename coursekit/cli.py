@@ -4,6 +4,7 @@
     coursekit assignments check [--solutions solutions] [--out assignments]
     coursekit grade PATH [--solution solutions/NN_name.ipynb] [--out grading_out]
                          [--cell-timeout 60] [--timeout 600]
+    coursekit prepare      # compute and cache the offline backbone now, not in the first notebook
 
 Exit status: 0 done; 1 ``check`` found stale or leaking assignments, or ``grade`` met submissions it
 could not grade (they still get a 0 row); 2 bad input (missing file, not a notebook, no solution).
@@ -81,6 +82,20 @@ def _grade(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "invalid" for r in reports) else 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from coursekit import weights
+
+    # Pretraining is CPU-bound and runs once: use every core even where OMP_NUM_THREADS=1 (test workers).
+    torch.set_num_threads(os.cpu_count() or 1)
+    weights.coursekit_resnet18(verbose=True)
+    print(f"offline backbone ready: {weights._checkpoint_path()}")
+    return 0
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -89,7 +104,8 @@ def _positive(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coursekit", description="Course tools: build assignments, grade them.")
+    parser = argparse.ArgumentParser(
+        prog="coursekit", description="Course tools: build assignments, grade them, prepare offline weights.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     assignments = commands.add_parser("assignments", help="student notebooks generated from solutions/")
@@ -115,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--profile", choices=("fast", "lecture"), default="fast",
                        help="COURSEKIT_PROFILE in the grading kernel (default: fast)")
     grade.set_defaults(func=_grade)
+
+    prepare = commands.add_parser("prepare", help="compute and cache the offline backbone (before a lecture or CI)",
+                                  description="Pretrain coursekit's ResNet-18 on Shapes once (1-3 min on a CPU) "
+                                  "and cache it, so that no notebook has to wait for it offline.")
+    prepare.set_defaults(func=_prepare)
     return parser
 
 

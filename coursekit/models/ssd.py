@@ -171,7 +171,9 @@ def ssd_targets(anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[
 
     Returns ``labels [N, A]`` int64 (0 = background) and ``box_targets [N, A, 4]`` (encoded deltas with
     :data:`BOX_WEIGHTS`; zeros for the background). Matching: IoU >= 0.5, plus each object's best
-    anchor (SSD's rule, torchvision's ``SSDMatcher``).
+    anchor(s) kept with the object it overlaps most (torchvision's ``Matcher`` with
+    ``allow_low_quality_matches``). ``SSDMatcher`` differs only when an object's best anchor overlaps
+    another object more: it forces that anchor to the first object (assignment 02 implements that rule).
     """
     labels, box_targets = [], []
     for t in targets:
