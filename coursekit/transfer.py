@@ -122,13 +122,17 @@ def _normalise(images: Tensor) -> Tensor:
 
 
 def _shapes(n_per_class: int, image_size: int, split: str, seed: int) -> tuple[Tensor, Tensor]:
-    """Single shapes on textured backgrounds: which kind is it? Close to the Shapes source task."""
+    """Single shapes on textured backgrounds: which kind is it? The Shapes source task's own distribution.
+
+    Objects keep the source task's size relative to the image, so "similar" means similar: at 32 px these
+    are new draws of exactly the images coursekit's backbone was pretrained on.
+    """
     from coursekit.data import Shapes
+    from coursekit.weights import source_data
 
     num_classes = len(Shapes.CLASSES) - 1
-    # Different seeds per split: the test scenes were never seen, and neither source-task scene.
-    data = Shapes(n=n_per_class * num_classes * 3, image_size=image_size, min_objects=1, max_objects=1,
-                  seed=seed + (1000 if split == "test" else 500))
+    # Seeds other than the source task's (0), one per split: neither training nor test scene was seen before.
+    data = source_data(n_per_class * num_classes * 3, image_size, seed=seed + (1000 if split == "test" else 500))
     images, labels, counts = [], [], np.zeros(num_classes, dtype=int)
     for i in range(len(data)):
         image, target = data[i]
