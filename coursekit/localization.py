@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from coursekit.boxes import box_convert, box_iou
+from coursekit.train import frozen_to_eval
 
 __all__ = [
     "BoxLoss",
@@ -128,6 +129,7 @@ def make_step(box_weight: float = 1.0, box_loss: BoxLoss = "smooth_l1"):
     """A training step for :class:`coursekit.train.Trainer` on batches ``(images, labels, gt_boxes)``."""
 
     def step(model: nn.Module, batch, device) -> dict[str, Tensor]:
+        frozen_to_eval(model)  # deck 001's phase 2: frozen conv layers keep their BatchNorm statistics too
         images, labels, gt_boxes = (t.to(device) for t in batch)
         logits, boxes = model(images)
         out = localization_loss(logits, boxes, labels, gt_boxes, box_weight, box_loss)

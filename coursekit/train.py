@@ -49,6 +49,7 @@ __all__ = [
     "count_parameters",
     "freeze",
     "unfreeze",
+    "frozen_to_eval",
     "time_per_image",
 ]
 
@@ -721,12 +722,26 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def freeze(module: nn.Module) -> nn.Module:
     """Stop gradients for every parameter of ``module``; returns it (notebook 01).
 
-    BatchNorm running statistics still update in train mode: call ``module.eval()`` as well if the
-    frozen part must not change at all.
+    BatchNorm running statistics still update in train mode (and ``Trainer`` calls ``model.train()``):
+    call :func:`frozen_to_eval` in the step function if the frozen part must not change at all.
     """
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def frozen_to_eval(model: nn.Module) -> nn.Module:
+    """Put frozen BatchNorm layers in eval mode after ``model.train()``.
+
+    A frozen block must stay exactly as pretrained; in train mode its BatchNorm would still update its
+    running mean and variance from the target data, silently changing the "frozen" features.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
+    return model
 
 
 def unfreeze(module: nn.Module) -> nn.Module:

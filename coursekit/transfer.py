@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from torchvision.models import ResNet
 
+from coursekit.train import frozen_to_eval  # re-exported: notebook 01 teaches it here
 from coursekit.weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -96,20 +97,6 @@ def block_summary(model: ResNet) -> list[tuple[str, int, bool]]:
         params = list(getattr(model, name).parameters())
         rows.append((name, sum(p.numel() for p in params), any(p.requires_grad for p in params)))
     return rows
-
-
-def frozen_to_eval(model: nn.Module) -> nn.Module:
-    """Put frozen BatchNorm layers in eval mode after ``model.train()``.
-
-    A frozen block must stay exactly as pretrained; in train mode its BatchNorm would still update its
-    running mean and variance from the target data, silently changing the "frozen" features.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in module.parameters()
-        ):
-            module.eval()
-    return model
 
 
 TASKS: tuple[str, ...] = ("shapes", "digits")

@@ -69,3 +69,23 @@ def test_a_few_steps_reduce_the_loss():
         loss.backward()
         opt.step()
     assert step(model, batch, "cpu")["loss"].item() < 0.7 * first
+
+
+def test_two_phase_recipe_leaves_frozen_layers_exactly_as_they_were():
+    """Deck 001's phase 2 trains only the regressor: Trainer's model.train() must not let the frozen
+    conv layers' BatchNorm statistics drift (the classifier would change without a gradient)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from coursekit.train import Trainer, freeze
+
+    torch.manual_seed(0)
+    net = loc.LocalizationNet(num_classes=3, image_size=32)
+    freeze(net.features)
+    freeze(net.classifier)
+    frozen = {k: v.clone() for k, v in net.features.state_dict().items()}
+    data = TensorDataset(torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,)), torch.rand(8, 4))
+    optimizer = torch.optim.Adam(net.regressor.parameters(), lr=1e-2)
+    regressor_before = net.regressor[1].weight.clone()
+    Trainer(net, optimizer, step=loc.make_step(1.0)).fit(DataLoader(data, batch_size=4), epochs=1, progress=False)
+    assert all(torch.equal(v, net.features.state_dict()[k]) for k, v in frozen.items())
+    assert not torch.equal(regressor_before, net.regressor[1].weight)

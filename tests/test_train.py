@@ -106,8 +106,12 @@ def test_max_steps_and_time_limit_stop_cleanly_and_log_the_partial_epoch():
         return T.classification_step(model, batch, device)
 
     trainer = make_trainer(step=slow_step)
+    start = time.perf_counter()
     hist = trainer.fit(loader(bs=8), epochs=10, time_limit=0.1, val_fn=lambda m: {"acc": 1.0}, progress=False)
-    assert 4 <= trainer.global_step <= 7  # 0.1 s of 0.02 s steps
+    # 0.1 s of >= 0.02 s steps: at most 5 full steps plus the one running at the limit, however busy the CPU
+    # (a loaded machine makes steps slower, so only an upper bound on the count holds everywhere)
+    assert 1 <= trainer.global_step <= 6
+    assert time.perf_counter() - start < 5.0
     assert len(hist) == 1 and hist["val_acc"] == [1.0]  # stopped run is still validated
     for bad in ({"max_steps": 0}, {"time_limit": 0}):
         with pytest.raises(ValueError):
