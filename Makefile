@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TEST_ENV := COURSEKIT_OFFLINE=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg COURSEKIT_PROFILE=fast OMP_NUM_THREADS=1
 JOBS   ?= 2
 
-.PHONY: install lab test test-fast lint strip assignments clean
+.PHONY: install lab test test-fast bench lint strip assignments clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 # Unit tests only (no notebook execution): a quick check while editing coursekit.
 test-fast: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -m "not notebook" -n $(JOBS) -q
+
+# The benchmark table for the README: notebooks' fast-profile times, our ops vs torchvision/pycocotools.
+bench: $(STAMP)
+	$(TEST_ENV) $(BIN)/python benchmarks/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

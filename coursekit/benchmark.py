@@ -140,12 +140,113 @@ def _torchvision_anchors(feature_sizes, image_size, sizes, ratios) -> Tensor:
     return AnchorGenerator(tuple(sizes), tuple(ratios))(images, features)[0]
 
 
+def _boxes(g: torch.Generator, n: int, size: float = 512.0) -> Tensor:
+    """``n`` xyxy boxes with sides 10-110 px in a ``size`` image: dense enough that NMS suppresses."""
+    wh = torch.rand(n, 2, generator=g) * 100 + 10
+    xy = torch.rand(n, 2, generator=g) * (size - wh)
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def _nms_inputs(n: int) -> Callable[[torch.Generator], tuple]:
+    return lambda g: (_boxes(g, n), torch.rand(n, generator=g), 0.5)
+
+
+def _batched_nms_inputs(g: torch.Generator) -> tuple:
+    # 1k boxes of 5 classes. (Above 4k boxes torchvision sorts its result with an unstable sort, so
+    # the order of equal scores may differ there; the kept set does not.)
+    return _boxes(g, 1000), torch.rand(1000, generator=g), torch.randint(0, 5, (1000,), generator=g), 0.5
+
+
+def _detections(g: torch.Generator, num_images: int, masks: bool) -> tuple:
+    """Random ground truth and noisy detections (all COCO size ranges); ``masks``: boxes filled in."""
+    from coursekit.metrics.detection import _random_detections
+
+    size = 128 if masks else 256
+    preds, targets = _random_detections(num_images, 20, 5, int(torch.randint(0, 2**31, (1,), generator=g)), size)
+    if masks:
+        for entry in preds + targets:
+            entry["masks"] = _fill_boxes(entry.pop("boxes"), size)
+    return preds, targets, "segm" if masks else "bbox"
+
+
+def _fill_boxes(boxes: Tensor, size: int) -> Tensor:
+    """bool Tensor[N, size, size]: each box's pixels (pixel centres inside the box)."""
+    centres = torch.arange(size) + 0.5
+    inside_x = (centres[None] >= boxes[:, 0:1]) & (centres[None] < boxes[:, 2:3])  # (N, size)
+    inside_y = (centres[None] >= boxes[:, 1:2]) & (centres[None] < boxes[:, 3:4])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+_STATS = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large",
+          "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]  # pycocotools' order
+
+
+def _our_map_stats(preds, targets, iou_type) -> Tensor:
+    from coursekit.metrics import mean_average_precision
+
+    result = mean_average_precision(preds, targets, iou_type=iou_type)
+    return torch.tensor([float(result[k]) for k in _STATS])
+
+
+def _coco_map_stats(preds, targets, iou_type) -> Tensor:
+    from coursekit.metrics.detection import pycocotools_map
+
+    return torch.tensor(pycocotools_map(preds, targets, iou_type=iou_type).stats, dtype=torch.float32)
+
+
+def _ssd_outputs(g: torch.Generator) -> tuple:
+    # what an SSD head emits for 8 images of 96 px (notebook 05): 11 classes on its 2,016 anchors
+    from coursekit.models.ssd import SSD
+
+    anchors = SSD(10, 96).anchors
+    cls_logits = torch.randn(8, len(anchors), 11, generator=g) * 3
+    return cls_logits, torch.randn(8, len(anchors), 4, generator=g) * 0.5, anchors
+
+
+def _flat(detections: list[dict[str, Tensor]]) -> Tensor:
+    """One tensor of every image's (boxes, score, label) rows, for comparing two detectors' outputs."""
+    return torch.cat([torch.cat([d["boxes"], d["scores"][:, None], d["labels"][:, None].float()], 1)
+                      for d in detections])
+
+
+def _our_ssd_decode(cls_logits, deltas, anchors) -> Tensor:
+    from coursekit.models.ssd import decode
+
+    return _flat(decode(cls_logits, deltas, anchors, 96, score_threshold=0.05, topk_candidates=100,
+                        max_detections=100))
+
+
+def _torchvision_ssd_decode(cls_logits, deltas, anchors) -> Tensor:
+    from types import SimpleNamespace
+
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.models.detection.ssd import SSD as TorchvisionSSD
+
+    from coursekit.models.ssd import BOX_WEIGHTS
+
+    settings = SimpleNamespace(box_coder=det_utils.BoxCoder(BOX_WEIGHTS), score_thresh=0.05, topk_candidates=100,
+                               nms_thresh=0.45, detections_per_img=100)
+    return _flat(TorchvisionSSD.postprocess_detections(
+        settings, {"cls_logits": cls_logits, "bbox_regression": deltas}, [anchors] * len(cls_logits),
+        [(96, 96)] * len(cls_logits)))
+
+
 def _register_course_ops() -> None:
     import torch.nn.functional as F
     import torchvision.ops as tvo
 
-    from coursekit import anchors, losses, ops
+    from coursekit import anchors, boxes, losses, ops
 
+    add_case("box_iou 1k x 1k", boxes.box_iou, tvo.box_iou, lambda g: (_boxes(g, 1000), _boxes(g, 1000)))
+    add_case("generalized_box_iou 1k x 1k", boxes.generalized_box_iou, tvo.generalized_box_iou,
+             lambda g: (_boxes(g, 1000), _boxes(g, 1000)))
+    add_case("nms 1k boxes", boxes.nms, tvo.nms, _nms_inputs(1000))
+    add_case("nms 10k boxes", boxes.nms, tvo.nms, _nms_inputs(10_000))
+    add_case("batched_nms 1k boxes, 5 classes", boxes.batched_nms, tvo.batched_nms, _batched_nms_inputs)
+    add_case("mAP boxes, 500 images (vs pycocotools)", _our_map_stats, _coco_map_stats,
+             lambda g: _detections(g, 500, masks=False))
+    add_case("mAP masks, 100 images 128 px (vs pycocotools)", _our_map_stats, _coco_map_stats,
+             lambda g: _detections(g, 100, masks=True))
     add_case("roi_pool 256 RoIs [2,64,50,50] -> 7x7", ops.roi_pool, tvo.roi_pool, _roi_inputs)
     add_case("roi_align 256 RoIs [2,64,50,50] -> 7x7", ops.roi_align, tvo.roi_align, _roi_inputs)
     torch_conv_t = lambda x, w, stride, padding: F.conv_transpose2d(
@@ -160,6 +261,7 @@ def _register_course_ops() -> None:
     add_case(
         "anchors 3-level pyramid (56k)", anchors.generate_anchors, _torchvision_anchors, lambda g: _PYRAMID
     )
+    add_case("SSD decode + NMS, 8 images x 2016 anchors", _our_ssd_decode, _torchvision_ssd_decode, _ssd_outputs)
 
 
 _register_course_ops()

@@ -146,25 +146,58 @@ def _check_scores(boxes: Tensor, scores: Tensor) -> None:
         raise ValueError(f"scores must be floating point, got {scores.dtype}")
 
 
-def _greedy_keep(iou: Tensor, iou_threshold: float) -> Tensor:
+def _greedy_keep(iou: Tensor, iou_threshold: float, alive: Tensor | None = None) -> Tensor:
     """Greedy NMS on an IoU matrix whose rows/columns are already sorted by decreasing score.
 
     Returns a bool mask of kept boxes. Greedy NMS keeps box j iff no *kept* box ranked above it overlaps
     it by more than the threshold. Instead of a Python loop over boxes we iterate that rule on the whole
     matrix (the fixed point of "Cluster-NMS", Zheng et al. 2021): start by letting every box suppress,
     then let only the boxes kept so far suppress, until nothing changes. The fixed point is exactly the
-    greedy result, reached in a few matrix passes instead of N loop steps.
+    greedy result, reached in a few matrix passes instead of N loop steps. ``alive`` (bool Tensor[N]):
+    boxes already suppressed from outside, which are neither kept nor suppress anything.
     """
     n = iou.shape[0]
     # Only higher-ranked boxes (row i < column j) can suppress; NaN IoU (two empty boxes) never suppresses.
     upper = torch.ones(n, n, dtype=torch.bool, device=iou.device).triu(diagonal=1)
     above = (iou.nan_to_num(nan=-math.inf) > iou_threshold) & upper  # (N, N) bool: row i suppresses column j
-    keep = torch.ones(n, dtype=torch.bool, device=iou.device)
+    keep = torch.ones(n, dtype=torch.bool, device=iou.device) if alive is None else alive.clone()
     for _ in range(n):
         new_keep = ~(above & keep[:, None]).any(dim=0)
+        if alive is not None:
+            new_keep &= alive
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
+    return keep
+
+
+_NMS_BLOCK = 256  # boxes resolved together; bounds memory at O(N x block) instead of O(N^2)
+
+
+def _nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS of boxes sorted by decreasing score -> bool mask of the kept ones.
+
+    Block by block, best first: resolve a block of ``_NMS_BLOCK`` boxes among themselves with
+    :func:`_greedy_keep` (minus the ones earlier blocks already suppressed), then let the block's kept
+    boxes suppress every later box at once. The result is greedy NMS exactly; the work is about
+    (kept boxes x N) IoUs, as in torchvision's loop, but in a few large tensor operations.
+    """
+    n = boxes.shape[0]
+    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    for start in range(0, n, _NMS_BLOCK):
+        end = min(start + _NMS_BLOCK, n)
+        alive = ~suppressed[start:end]
+        if not alive.any():
+            continue
+        inter, union = _box_inter_union(boxes[start:end], boxes[start:end])
+        keep[start:end] = _greedy_keep(inter / union, iou_threshold, alive)
+        rest = end + (~suppressed[end:]).nonzero().flatten()  # later boxes still in play
+        winners = keep[start:end].nonzero().flatten() + start
+        if len(rest) and len(winners):
+            inter, union = _box_inter_union(boxes[winners], boxes[rest])
+            # NaN IoU (two empty boxes) compares False: it never suppresses
+            suppressed[rest] = ((inter / union) > iou_threshold).any(dim=0)
     return keep
 
 
@@ -177,17 +210,14 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         iou_threshold: a box is dropped when its IoU with a higher-scoring kept box is ``> iou_threshold``.
 
     Same indices in the same order as ``torchvision.ops.nms`` (ties in score keep their input order).
-    Memory is O(N^2): fine for the few thousand boxes of a detector's output.
+    Memory is O(N x 256): the boxes are processed in blocks (see :func:`_nms_sorted`).
     """
     check_boxes(boxes)
     _check_scores(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
-    sorted_boxes = boxes[order]
-    inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
-    keep = _greedy_keep(inter / union, iou_threshold)
-    return order[keep]
+    return order[_nms_sorted(boxes[order], iou_threshold)]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -202,11 +232,10 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes, sorted_idxs = boxes[order], idxs[order]
-    inter, union = _box_inter_union(sorted_boxes, sorted_boxes)
-    iou = inter / union
-    # another class never suppresses, whatever the threshold
-    iou = iou.masked_fill(sorted_idxs[:, None] != sorted_idxs[None, :], -math.inf)
-    keep = _greedy_keep(iou, iou_threshold)
+    keep = torch.zeros_like(order, dtype=torch.bool)
+    for category in sorted_idxs.unique():  # another class never suppresses: NMS each class on its own
+        members = (sorted_idxs == category).nonzero().flatten()  # still by decreasing score
+        keep[members] = _nms_sorted(sorted_boxes[members], iou_threshold)
     return order[keep]
 
 

@@ -42,3 +42,32 @@ def test_registered_cases_compare_equal_results():
         args = case.make_inputs(torch.Generator().manual_seed(0))
         ours, ref = case.ours(*args), case.reference(*args)
         assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-4), case.name
+
+
+def _load_runner():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_command_prints_the_table_and_the_goals(capsys):
+    runner = _load_runner()
+    assert runner.main(["--only", "ops", "--filter", "nms 1k", "box_iou 1k", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| op | ours ms | reference ms | ratio (ours / reference) |" in out
+    assert "| nms 1k boxes |" in out and "| box_iou 1k x 1k |" in out and "mAP" not in out
+    assert "goal: nms 1k boxes within 3x of torchvision:" in out
+
+
+def test_benchmark_goals_say_when_they_are_not_met():
+    runner = _load_runner()
+    rows = [bm.Row("nms 10k boxes", 40.0, 10.0, 4.0), bm.Row("mAP boxes", 2.0, 1.0, 2.0)]
+    lines = runner.goals([("01_x", 30.0), ("02_y", 75.0)], rows)
+    assert lines[0].endswith("NOT met: 02_y (75 s)")
+    assert "NOT met (4.00x)" in lines[1] and "NOT faster" in lines[2]
+    assert runner.goals([("01_x", 30.0)], [])[0].endswith(": met")

@@ -113,6 +113,22 @@ def test_batched_nms_matches_torchvision(seed):
     assert torch.equal(B.batched_nms(boxes, scores, idxs, 0.5), tvops.batched_nms(boxes, scores, idxs, 0.5))
 
 
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_nms_blocks_give_the_greedy_result(monkeypatch, block):
+    # NMS resolves blocks of boxes and suppresses across them; any block size must give the same answer
+    monkeypatch.setattr(B, "_NMS_BLOCK", block)
+    boxes, scores = _clustered(300, 11)
+    idxs = torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(11))
+    for thr in (0.3, 0.5, 0.7):
+        assert torch.equal(B.nms(boxes, scores, thr), tvops.nms(boxes, scores, thr))
+        assert torch.equal(B.batched_nms(boxes, scores, idxs, thr), tvops.batched_nms(boxes, scores, idxs, thr))
+
+
+def test_nms_thousands_of_boxes_match_torchvision():
+    boxes, scores = _clustered(3000, 3)  # 12 blocks of the default size
+    assert torch.equal(B.nms(boxes, scores, 0.5), tvops.nms(boxes, scores, 0.5))
+
+
 def test_nms_degenerate_inputs():
     empty = torch.zeros(0, 4)
     assert B.nms(empty, torch.zeros(0), 0.5).tolist() == []
