@@ -154,7 +154,7 @@ def _greedy_keep(iou: Tensor, iou_threshold: float, alive: Tensor | None = None)
     matrix (the fixed point of "Cluster-NMS", Zheng et al. 2021): start by letting every box suppress,
     then let only the boxes kept so far suppress, until nothing changes. The fixed point is exactly the
     greedy result, reached in a few matrix passes instead of N loop steps. ``alive`` (bool Tensor[N]):
-    boxes already suppressed from outside, which are neither kept nor suppress anything.
+    False for boxes already suppressed from outside; those are neither kept nor suppress anything.
     """
     n = iou.shape[0]
     # Only higher-ranked boxes (row i < column j) can suppress; NaN IoU (two empty boxes) never suppresses.
