@@ -26,6 +26,9 @@ __all__ = [
     "weighted_cross_entropy",
     "class_counts",
     "class_weights_from_freq",
+    "contrastive_loss",
+    "triplet_loss",
+    "nt_xent_loss",
 ]
 
 Reduction = Literal["none", "mean", "sum"]
@@ -272,3 +275,106 @@ def class_weights_from_freq(freq: Tensor, method: WeightMethod = "median", c: fl
     else:
         weights = 1 / torch.log(c + f)
     return torch.where(present, weights, torch.zeros_like(weights)).float()
+
+
+# ---------------------------------------------------------------------------------------- NT-Xent (SimCLR)
+def nt_xent_loss(z1: Tensor, z2: Tensor, tau: float = 0.5, normalize: bool = True,
+                 include_positive: bool = True) -> Tensor:
+    """NT-Xent / InfoNCE, the contrastive loss of SimCLR (Chen et al., 2020) and deck 003. -> scalar ``Tensor``.
+
+    Args:
+        z1 (Tensor[N, D]): embeddings of the first augmented view of N images.
+        z2 (Tensor[N, D]): embeddings of the second view; row i of ``z1`` and of ``z2`` are the positive pair.
+        tau: the temperature, > 0. Small tau sharpens the softmax onto the hardest negatives.
+        normalize: L2-normalise the rows first (cosine similarity, as SimCLR); deck 003: "normalised or not".
+        include_positive: SimCLR's denominator sums over every other one of the 2N embeddings, the positive
+            included. ``False`` sums over the 2N - 2 negatives only, as deck 003 writes the formula
+            (the "decoupled" loss of Yeh et al., 2021).
+
+    Each of the 2N embeddings is an anchor i with positive j(i):
+    ``L_i = -log(exp(s_ij / tau) / sum_k exp(s_ik / tau))``, ``k != i``; the loss is the mean over the 2N
+    anchors. Equals ``pytorch_metric_learning.losses.NTXentLoss(temperature=tau)`` on ``cat([z1, z2])`` with
+    labels ``cat([arange(N), arange(N)])`` (``tests/test_losses.py``). Notebook 11.
+    """
+    if z1.dim() != 2 or z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape, got {tuple(z1.shape)} "
+                         f"and {tuple(z2.shape)}")
+    if len(z1) < 2:
+        raise ValueError("NT-Xent needs at least 2 images per batch: the other images are the negatives")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau!r}")
+    N = len(z1)
+    z = torch.cat([z1, z2])  # (2N, D)
+    if normalize:
+        z = F.normalize(z, dim=1)
+    sim = z @ z.T / tau  # (2N, 2N)
+    positive = torch.cat([torch.arange(N, 2 * N), torch.arange(N)]).to(z.device)  # j(i)
+    self_mask = torch.eye(2 * N, dtype=torch.bool, device=z.device)
+    if not include_positive:
+        self_mask[torch.arange(2 * N), positive] = True
+    pos = sim[torch.arange(2 * N), positive]  # (2N,)
+    log_denominator = torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1)  # (2N,)
+    return (log_denominator - pos).mean()
+
+
+# ---------------------------------------------------------------------------------------- metric learning
+def contrastive_loss(x1: Tensor, x2: Tensor, y: Tensor, margin: float = 1.0, normalize: bool = True,
+                     reduction: Reduction = "mean") -> Tensor:
+    """Deck 003's contrastive loss of a siamese pair (Hadsell, Chopra and LeCun, 2006; Simo-Serra et al., 2015).
+
+    ``l = y ||x1 - x2||^2 + (1 - y) max(0, m - ||x1 - x2||^2)``: similar pairs (``y = 1``) are pulled
+    together, dissimilar ones (``y = 0``) pushed apart **until** their squared distance reaches the margin
+    ``m``, "so that dissimilar pairs are not pushed apart forever". Deck 003: "the vectors x are normalised"
+    (then ``||x1 - x2||^2 = 2 - 2 cos`` lies in [0, 4] and ``m`` is in those units).
+
+    Args:
+        x1, x2 (Tensor[N, D]): the two branches' embeddings. y (Tensor[N]): 1 similar, 0 dissimilar.
+        margin: m > 0, in squared-distance units. normalize: L2-normalise the rows first.
+        reduction: ``"none"`` (Tensor[N]), ``"mean"`` over pairs, ``"sum"``.
+
+    ``pytorch_metric_learning.losses.ContrastiveLoss`` has the same terms when built with
+    ``pos_margin=0, neg_margin=m, distance=LpDistance(power=2)`` (its default distance is *not* squared),
+    but averages positive and negative pairs separately, each over its non-zero terms only
+    (``AvgNonZeroReducer``), and adds the two means (``tests/test_losses.py``). Notebook 10, assignment 07.
+    """
+    if x1.dim() != 2 or x1.shape != x2.shape:
+        raise ValueError(f"x1 and x2 must both be (N, D) with the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    if y.shape != (len(x1),):
+        raise ValueError(f"y must be Tensor[N] of 0/1 pair labels with N = {len(x1)}, got shape {tuple(y.shape)}")
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0, got {margin!r}")
+    if normalize:
+        x1, x2 = F.normalize(x1, dim=1), F.normalize(x2, dim=1)
+    d2 = ((x1 - x2) ** 2).sum(1)  # (N,) squared distances
+    y = y.to(d2.dtype)
+    return _reduce(y * d2 + (1 - y) * (margin - d2).clamp(min=0), reduction)
+
+
+def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 0.2, squared: bool = False,
+                 reduction: Reduction = "mean") -> Tensor:
+    """The triplet loss (Schroff et al., FaceNet 2015; deck 003): ``max(0, d(a, p) - d(a, n) + m)``.
+
+    The anchor must be closer to the positive (same identity) than to the negative by at least ``m``.
+    Only the *order* of distances matters, not their values: no pair is pulled to distance 0.
+
+    Args:
+        anchor, positive, negative (Tensor[N, D]): embeddings of the triplets (not normalised here).
+        margin: m >= 0. squared: use squared L2 distances (FaceNet) instead of L2.
+        reduction: ``"none"`` (Tensor[N]), ``"mean"``, ``"sum"``.
+
+    With ``squared=False`` this is ``torch.nn.functional.triplet_margin_loss(a, p, n, margin=m)`` (which
+    adds ``eps=1e-6`` to the differences before the norm: equal to ~1e-6) and
+    ``pytorch_metric_learning.losses.TripletMarginLoss(margin=m)`` given the triplets as ``indices_tuple``
+    *on normalised embeddings* (its ``LpDistance`` normalises by default), with ``MeanReducer``
+    (its default ``AvgNonZeroReducer`` averages over the non-zero terms only). Notebook 10, assignment 07.
+    """
+    if anchor.dim() != 2 or anchor.shape != positive.shape or anchor.shape != negative.shape:
+        raise ValueError(f"anchor, positive and negative must be (N, D) of one shape, got {tuple(anchor.shape)}, "
+                         f"{tuple(positive.shape)}, {tuple(negative.shape)}")
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    d_ap = ((anchor - positive) ** 2).sum(1)  # (N,)
+    d_an = ((anchor - negative) ** 2).sum(1)
+    if not squared:
+        d_ap, d_an = d_ap.clamp(min=1e-12).sqrt(), d_an.clamp(min=1e-12).sqrt()  # clamp: finite gradient at 0
+    return _reduce((d_ap - d_an + margin).clamp(min=0), reduction)

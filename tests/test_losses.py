@@ -146,3 +146,51 @@ def test_class_weights_from_freq():
         class_weights_from_freq(counts, "sqrt")
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         class_counts(labels, 3)
+
+
+# ---------------------------------------------------------------------------------------- NT-Xent (notebook 11)
+@pytest.mark.parametrize("tau", [0.05, 0.2, 0.5, 1.0])
+@pytest.mark.parametrize("N, D", [(2, 3), (16, 8), (40, 128)])
+def test_nt_xent_matches_pytorch_metric_learning(tau, N, D):
+    from pytorch_metric_learning.losses import NTXentLoss
+
+    from coursekit.losses import nt_xent_loss
+
+    g = torch.Generator().manual_seed(N + D)
+    z1, z2 = torch.randn(N, D, generator=g) * 3, torch.randn(N, D, generator=g)
+    a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
+    ours = nt_xent_loss(a, b, tau)
+    z = torch.cat([z1, z2]).requires_grad_(True)
+    ref = NTXentLoss(temperature=tau)(z, torch.cat([torch.arange(N), torch.arange(N)]))
+    assert torch.allclose(ours, ref, atol=1e-5, rtol=1e-5)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(torch.cat([a.grad, b.grad]), z.grad, atol=1e-6)
+
+
+def test_nt_xent_obvious_reference_and_options():
+    from coursekit.losses import nt_xent_loss
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    tau = 0.3
+    for include_positive in (True, False):
+        losses = []
+        for i in range(10):  # the deck's formula, one anchor at a time
+            j = (i + 5) % 10
+            others = [k for k in range(10) if k != i and (include_positive or k != j)]
+            denominator = sum(torch.exp(z[i] @ z[k] / tau) for k in others)
+            losses.append(-torch.log(torch.exp(z[i] @ z[j] / tau) / denominator))
+        expected = torch.stack(losses).mean()
+        assert torch.allclose(nt_xent_loss(z1, z2, tau, include_positive=include_positive), expected, atol=1e-5)
+    # identical views far from each other: the loss goes to 0 as tau shrinks
+    e = torch.eye(4)
+    assert nt_xent_loss(e, e, tau=0.01) < 1e-6
+    assert nt_xent_loss(e, e, tau=0.01, normalize=False) < 1e-6
+    with pytest.raises(ValueError, match="same shape"):
+        nt_xent_loss(torch.zeros(4, 3), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="at least 2"):
+        nt_xent_loss(torch.zeros(1, 3), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="tau"):
+        nt_xent_loss(z1, z2, tau=0.0)
