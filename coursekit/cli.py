@@ -17,22 +17,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from coursekit.grading.build import build_assignments, check_up_to_date, leaked_lines, read_notebook
-from coursekit.grading.grade import (
-    DEFAULT_CELL_TIMEOUT_S,
-    DEFAULT_TIMEOUT_S,
-    GradeReport,
-    find_solution,
-    grade_folder,
-    grade_notebook,
-)
-from coursekit.grading.report import report_path, write_json, write_reports
-
 __all__ = ["main"]
+
+# The grader's defaults, repeated here so that `coursekit --help` and `coursekit prepare` work on the
+# light install, which has no nbformat/nbclient (tests/test_install.py checks that they agree).
+DEFAULT_CELL_TIMEOUT_S = 60.0
+DEFAULT_TIMEOUT_S = 600.0
+GRADING_EXTRA = "pip install 'coursekit[grading]'"
+
+
+def _grading():
+    """The grading modules, imported on first use: they need the [grading] extra (nbformat, nbclient)."""
+    try:
+        from coursekit.grading import build, grade, report
+    except ModuleNotFoundError as err:
+        raise SystemExit(f"coursekit: this command needs {err.name} (the grading extra): {GRADING_EXTRA}") from None
+    return build, grade, report
 
 
 def _build(args: argparse.Namespace) -> int:
-    changed = build_assignments(args.solutions, args.out)
+    build, _, _ = _grading()
+    changed = build.build_assignments(args.solutions, args.out)
     for path in changed:
         print(f"wrote {path}")
     if not changed:
@@ -41,12 +46,13 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    problems = check_up_to_date(args.solutions, args.out)
+    build, _, _ = _grading()
+    problems = build.check_up_to_date(args.solutions, args.out)
     for solution in sorted(Path(args.solutions).glob("*.ipynb")):
         student = Path(args.out) / solution.name
         if student.is_file():
             problems += [f"{student} shows solution or hidden-test text: {line!r}"
-                         for line in leaked_lines(read_notebook(solution), read_notebook(student))]
+                         for line in build.leaked_lines(build.read_notebook(solution), build.read_notebook(student))]
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
@@ -54,7 +60,7 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _summary(report: GradeReport) -> str:
+def _summary(report) -> str:  # a coursekit.grading.GradeReport
     line = f"{report.student}: {report.score:g}/{report.max_score:g}"
     if report.status == "invalid":
         return f"{line}  NOT GRADED: {report.notes[0]}"
@@ -63,6 +69,9 @@ def _summary(report: GradeReport) -> str:
 
 
 def _grade(args: argparse.Namespace) -> int:
+    _, grading, reporting = _grading()
+    find_solution, grade_folder, grade_notebook = grading.find_solution, grading.grade_folder, grading.grade_notebook
+    report_path, write_json, write_reports = reporting.report_path, reporting.write_json, reporting.write_reports
     path = Path(args.path)
     limits = {"cell_timeout": args.cell_timeout, "timeout": args.timeout, "profile": args.profile}
     if path.is_dir():

@@ -5,6 +5,13 @@ copies are current and leak nothing); ``grade``: run a submission against the so
 test cell; ``report``: the per-student JSON and the class CSV.
 """
 
+try:  # the light install (`pip install coursekit`, Colab) leaves the grader's tools out
+    import nbclient  # noqa: F401
+    import nbformat  # noqa: F401
+except ModuleNotFoundError as err:
+    raise ModuleNotFoundError(f"coursekit.grading needs {err.name}, part of the grading extra: "
+                              "pip install 'coursekit[grading]'", name=err.name) from err
+
 from coursekit.grading.build import (
     COURSE_REPO,
     build_assignments,
