@@ -16,6 +16,8 @@ module              what it holds (the notebook that teaches it)
 ``localization``    classification + localization as regression (02)
 ``sliding``         sliding windows (03)
 ``proposals``       region proposals: from-scratch Selective Search, proposal recall (04)
+``detection``       detection task code: SSD / YOLO targets, losses, steps, decoding; predict, evaluate (04-05)
+``instance_segmentation``  Mask R-CNN outputs -> box and mask AP; RoI pool vs align, controlled (07)
 ``segmentation``    segmentation data, joint augmentation, training step, boundary F, TTA (06)
 ``ops``             from-scratch RoI pool / RoI align / transposed convolution / unpooling (04-07)
 ``anchors``         anchor generation, matching, hard negative mining (04-05)
@@ -40,7 +42,8 @@ from coursekit.runtime import device, is_offline, resolve_profile, seed_everythi
 __version__ = "0.1.0"
 
 _MODULES = (
-    "anchors", "benchmark", "boxes", "course", "data", "dip", "grading", "localization", "losses", "metrics",
+    "anchors", "benchmark", "boxes", "course", "data", "detection", "dip", "grading", "instance_segmentation",
+    "localization", "losses", "metrics",
     "models", "ops", "pose", "proposals", "receptive_field", "runtime", "segmentation", "sliding", "train",
     "transfer", "viz", "weights", "widgets",
 )

@@ -210,9 +210,9 @@ def _flat(detections: list[dict[str, Tensor]]) -> Tensor:
 
 
 def _our_ssd_decode(cls_logits, deltas, anchors) -> Tensor:
-    from coursekit.models.ssd import decode
+    from coursekit.detection import ssd_decode
 
-    return _flat(decode(cls_logits, deltas, anchors, 96, score_threshold=0.05, topk_candidates=100,
+    return _flat(ssd_decode(cls_logits, deltas, anchors, 96, score_threshold=0.05, topk_candidates=100,
                         max_detections=100))
 
 
@@ -222,9 +222,9 @@ def _torchvision_ssd_decode(cls_logits, deltas, anchors) -> Tensor:
     from torchvision.models.detection import _utils as det_utils
     from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 
-    from coursekit.models.ssd import BOX_WEIGHTS
+    from coursekit.detection import SSD_BOX_WEIGHTS
 
-    settings = SimpleNamespace(box_coder=det_utils.BoxCoder(BOX_WEIGHTS), score_thresh=0.05, topk_candidates=100,
+    settings = SimpleNamespace(box_coder=det_utils.BoxCoder(SSD_BOX_WEIGHTS), score_thresh=0.05, topk_candidates=100,
                                nms_thresh=0.45, detections_per_img=100)
     return _flat(TorchvisionSSD.postprocess_detections(
         settings, {"cls_logits": cls_logits, "bbox_regression": deltas}, [anchors] * len(cls_logits),

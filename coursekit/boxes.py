@@ -25,6 +25,7 @@ __all__ = [
     "box_convert",
     "box_area",
     "box_iou",
+    "paired_box_iou",
     "generalized_box_iou",
     "nms",
     "batched_nms",
@@ -120,6 +121,20 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     check_boxes(boxes2, "boxes2")
     inter, union = _box_inter_union(boxes1, boxes2)
     return inter / union
+
+
+def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of matching pairs, not of every pair: xyxy ``Tensor[..., 4]`` x ``Tensor[..., 4]`` (broadcast)
+    -> ``Tensor[...]``. Two zero-area boxes give 0 here (not NaN): this is used inside losses (YOLO's
+    confidence target) and widgets, where an empty box must not poison the result.
+    """
+    if boxes1.shape[-1] != 4 or boxes2.shape[-1] != 4:
+        raise ValueError(f"boxes must be Tensor[..., 4], got {list(boxes1.shape)} and {list(boxes2.shape)}")
+    wh = (torch.min(boxes1[..., 2:], boxes2[..., 2:]) - torch.max(boxes1[..., :2], boxes2[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    return inter / (area1 + area2 - inter).clamp(min=1e-9)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

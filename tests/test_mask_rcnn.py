@@ -1,4 +1,5 @@
-"""coursekit.models.mask_rcnn: the offline builder, output conversion, training, and the RoI pooler swap."""
+"""Mask R-CNN: the offline builder and the RoI pooler swap (coursekit.models.mask_rcnn); output conversion,
+evaluation and the crop-and-paste experiment (coursekit.instance_segmentation)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 import torchvision
 from torchvision.ops import MultiScaleRoIAlign
 
+from coursekit import instance_segmentation as inst
 from coursekit.data import Shapes, collate
 from coursekit.metrics import mean_average_precision
 from coursekit.models import mask_rcnn as M
@@ -90,12 +92,12 @@ def test_to_metrics_format_thresholds_at_half_and_returns_uint8():
     probs = torch.tensor([0.2, 0.5, 0.50001, 0.9]).view(1, 1, 2, 2)
     outputs = [{"boxes": torch.tensor([[0.0, 0.0, 2.0, 2.0]]), "labels": torch.tensor([3]),
                 "scores": torch.tensor([0.8]), "masks": probs.clone()}]
-    (pred,) = M.to_metrics_format(outputs)
+    (pred,) = inst.to_metrics_format(outputs)
     assert pred["masks"].dtype == torch.uint8 and pred["masks"].shape == (1, 2, 2)
     assert pred["masks"].flatten().tolist() == [0, 0, 1, 1]  # strictly above 0.5, as torchvision's COCO eval
     assert pred["labels"].dtype == torch.int64 and pred["scores"].dtype == torch.float32
     assert torch.equal(outputs[0]["masks"], probs)  # input untouched
-    (high,) = M.to_metrics_format(outputs, mask_threshold=0.8)
+    (high,) = inst.to_metrics_format(outputs, mask_threshold=0.8)
     assert high["masks"].flatten().tolist() == [0, 0, 0, 1]
 
 
@@ -108,8 +110,8 @@ def test_to_metrics_format_feeds_mask_ap():
         return [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.linspace(0.9, 0.5, len(t["labels"])),
                  "masks": t["masks"][:, None].float() * p} for t in targets]
 
-    assert mean_average_precision(M.to_metrics_format(outputs(0.7)), targets, iou_type="segm")["map"] == 1.0
-    empty = M.to_metrics_format(outputs(0.5))
+    assert mean_average_precision(inst.to_metrics_format(outputs(0.7)), targets, iou_type="segm")["map"] == 1.0
+    empty = inst.to_metrics_format(outputs(0.5))
     assert all(int(p["masks"].sum()) == 0 for p in empty)
     assert mean_average_precision(empty, targets, iou_type="segm")["map"] == 0.0
 
@@ -118,11 +120,11 @@ def test_to_metrics_format_rejects_bad_input():
     good = {"boxes": torch.zeros(1, 4), "labels": torch.ones(1, dtype=torch.long), "scores": torch.ones(1),
             "masks": torch.zeros(1, 1, 4, 4)}
     with pytest.raises(ValueError, match="masks"):
-        M.to_metrics_format([{k: v for k, v in good.items() if k != "masks"}])
+        inst.to_metrics_format([{k: v for k, v in good.items() if k != "masks"}])
     with pytest.raises(ValueError, match="mask_threshold"):
-        M.to_metrics_format([good], mask_threshold=1.0)
+        inst.to_metrics_format([good], mask_threshold=1.0)
     with pytest.raises(ValueError, match=r"\[N, 1, H, W\]"):
-        M.to_metrics_format([{**good, "masks": torch.zeros(1, 2, 4, 4)}])
+        inst.to_metrics_format([{**good, "masks": torch.zeros(1, 2, 4, 4)}])
 
 
 class _Replay(torch.nn.Module):
@@ -141,14 +143,14 @@ def test_evaluate_reports_box_and_mask_ap():
     data = Shapes(5, image_size=48, min_objects=1, max_objects=3, seed=4)
     perfect = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"])),
                 "masks": t["masks"][:, None].float()} for _, t in (data[i] for i in range(5))]
-    result = M.evaluate(_Replay(perfect), data, device="cpu", batch_size=2)
+    result = inst.evaluate(_Replay(perfect), data, device="cpu", batch_size=2)
     assert result["box_map"] == 1.0 and result["mask_map"] == 1.0 and result["mask_map_50"] == 1.0
     # boxes still right, masks shifted by 3 px: mask AP drops, box AP does not
     shifted = [{**o, "masks": o["masks"].roll(3, dims=-1)} for o in perfect]
-    result = M.evaluate(_Replay(shifted), data, device="cpu", batch_size=2)
+    result = inst.evaluate(_Replay(shifted), data, device="cpu", batch_size=2)
     assert result["box_map"] == 1.0 and result["mask_map"] < 0.9
     with pytest.raises(ValueError, match="dataset"):
-        M.evaluate(_Replay(perfect), [data[0][0]], device="cpu")
+        inst.evaluate(_Replay(perfect), [data[0][0]], device="cpu")
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -249,13 +251,13 @@ def test_crop_and_paste_align_keeps_masks_and_pool_loses_more_at_coarse_strides(
     data = Shapes(6, image_size=128, min_objects=2, max_objects=3, min_size=20, seed=5)
     masks = torch.cat([data[i][1]["masks"] for i in range(6)])
     boxes = torch.cat([data[i][1]["boxes"] for i in range(6)])
-    iou = {(op, s): _mask_iou(M.crop_and_paste_masks(masks, boxes, op, s), masks).mean().item()
+    iou = {(op, s): _mask_iou(inst.crop_and_paste_masks(masks, boxes, op, s), masks).mean().item()
            for op in ("align", "pool") for s in (1, 16)}
     assert iou["align", 1] > 0.9  # at full resolution, cut + paste loses little
     assert iou["pool", 16] < iou["align", 16] - 0.05, iou  # rounding to 16 px cells costs a lot more
-    out = M.crop_and_paste_masks(masks, boxes, "pool", 8)
+    out = inst.crop_and_paste_masks(masks, boxes, "pool", 8)
     assert out.shape == masks.shape and out.dtype == torch.uint8
     with pytest.raises(ValueError, match="stride"):
-        M.crop_and_paste_masks(masks, boxes, "align", 5)
+        inst.crop_and_paste_masks(masks, boxes, "align", 5)
     with pytest.raises(ValueError, match="op"):
-        M.crop_and_paste_masks(masks, boxes, "max", 4)
+        inst.crop_and_paste_masks(masks, boxes, "max", 4)

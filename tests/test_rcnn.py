@@ -11,6 +11,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
+from coursekit.detection import proposals_step
 from coursekit.models import rcnn as R
 
 
@@ -217,7 +218,7 @@ def test_proposals_step_trains_with_the_trainer(trunk):
     targets = _targets(gen, 2)
     batch = ([torch.rand(3, 64, 64) for _ in targets], _proposals(gen, targets), targets)
     model = R.FastRCNN(trunk, 4)
-    trainer = Trainer(model, torch.optim.SGD(model.head.parameters(), lr=0.01), R.proposals_step, device="cpu")
+    trainer = Trainer(model, torch.optim.SGD(model.head.parameters(), lr=0.01), proposals_step, device="cpu")
     history = trainer.fit([batch], epochs=1, progress=False)
     assert {"loss", "loss_classifier", "loss_box_reg"} <= set(history.keys())
 

@@ -11,9 +11,10 @@ import torchvision
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 
-from coursekit.anchors import decode as decode_deltas
 from coursekit.anchors import hard_negative_mining
-from coursekit.models.ssd import BOX_WEIGHTS, FPN, SSD, decode, ssd_loss, ssd_step, ssd_targets
+from coursekit.boxes import decode_boxes
+from coursekit.detection import SSD_BOX_WEIGHTS, ssd_decode, ssd_loss, ssd_step, ssd_targets
+from coursekit.models.ssd import FPN, SSD
 
 IMAGE, C = 64, 3
 
@@ -32,7 +33,7 @@ def _targets() -> list[dict[str, torch.Tensor]]:
 
 def _tv(**kw) -> SimpleNamespace:
     """Just enough of a torchvision SSD to call its unbound compute_loss / postprocess_detections."""
-    return SimpleNamespace(box_coder=det_utils.BoxCoder(weights=BOX_WEIGHTS), neg_to_pos_ratio=3, **kw)
+    return SimpleNamespace(box_coder=det_utils.BoxCoder(weights=SSD_BOX_WEIGHTS), neg_to_pos_ratio=3, **kw)
 
 
 def test_matching_and_encoding_round_trip():
@@ -42,7 +43,7 @@ def test_matching_and_encoding_round_trip():
     for t, lab, deltas in zip(_targets(), labels, box_targets, strict=True):
         positive = lab > 0
         assert int(positive.sum()) >= len(t["boxes"])  # every object has at least its best anchor
-        decoded = decode_deltas(deltas[positive], anchors[positive], BOX_WEIGHTS)
+        decoded = decode_boxes(deltas[positive], anchors[positive], SSD_BOX_WEIGHTS)
         iou = torchvision.ops.box_iou(decoded, t["boxes"]) if len(t["boxes"]) else torch.zeros(0, 0)
         # each positive decodes exactly onto one ground-truth box, of the class it is labelled with
         if len(t["boxes"]):
@@ -90,7 +91,7 @@ def test_decode_equals_torchvision_postprocess():
     g = torch.Generator().manual_seed(2)
     A = len(model.anchors)
     cls_logits, deltas = torch.randn(2, A, C + 1, generator=g) * 3, torch.randn(2, A, 4, generator=g)
-    ours = decode(cls_logits, deltas, model.anchors, IMAGE, score_threshold=0.2, iou_threshold=0.45,
+    ours = ssd_decode(cls_logits, deltas, model.anchors, IMAGE, score_threshold=0.2, iou_threshold=0.45,
                   topk_candidates=50, max_detections=30)  # fmt: skip
     tv = _tv(score_thresh=0.2, topk_candidates=50, nms_thresh=0.45, detections_per_img=30)
     ref = TorchvisionSSD.postprocess_detections(

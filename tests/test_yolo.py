@@ -1,4 +1,4 @@
-"""YOLO v1 (coursekit.models.yolo): target encoding round trip, the loss, decoding, the network."""
+"""YOLO v1: the network (coursekit.models.yolo); targets, loss and decoding (coursekit.detection)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import pytest
 import torch
 import torchvision
 
-from coursekit.models.yolo import (
-    YOLO,
-    TinyDarknet,
-    cells_to_xyxy,
-    decode,
-    decode_targets,
-    encode_targets,
-    split_output,
+from coursekit.detection import (
+    yolo_cells_to_xyxy,
+    yolo_decode,
+    yolo_decode_targets,
+    yolo_encode_targets,
     yolo_loss,
+    yolo_split_output,
     yolo_step,
 )
+from coursekit.models.blocks import TinyDarknet
+from coursekit.models.yolo import YOLO
 
 IMAGE, S, B, C = 96, 6, 2, 3
 
@@ -46,10 +46,10 @@ def _perfect_raw(target: torch.Tensor) -> torch.Tensor:
 
 def test_encode_then_decode_returns_the_ground_truth():
     boxes, labels = _boxes_in_distinct_cells()
-    target = encode_targets(boxes, labels, S, IMAGE, C)
+    target = yolo_encode_targets(boxes, labels, S, IMAGE, C)
     assert target.shape == (S, S, 5 + C)
     assert int(target[..., 0].sum()) == 3
-    got_boxes, got_labels = decode_targets(target, IMAGE)
+    got_boxes, got_labels = yolo_decode_targets(target, IMAGE)
     order = got_boxes[:, 0].argsort()
     expected = boxes[boxes[:, 0].argsort()]
     torch.testing.assert_close(got_boxes[order], expected, atol=1e-4, rtol=0)
@@ -58,7 +58,7 @@ def test_encode_then_decode_returns_the_ground_truth():
 
 def test_responsible_cell_holds_the_centre():
     # centre (50, 20) -> column 50 // 16 = 3, row 20 // 16 = 1; offsets (50 - 48) / 16, (20 - 16) / 16
-    target = encode_targets(torch.tensor([[40.0, 10.0, 60.0, 30.0]]), torch.tensor([2]), S, IMAGE, C)
+    target = yolo_encode_targets(torch.tensor([[40.0, 10.0, 60.0, 30.0]]), torch.tensor([2]), S, IMAGE, C)
     assert target[1, 3, 0] == 1 and target[..., 0].sum() == 1
     torch.testing.assert_close(target[1, 3, 1:3], torch.tensor([2 / 16, 4 / 16]))
     torch.testing.assert_close(target[1, 3, 3:5], torch.tensor([(20 / 96) ** 0.5] * 2))
@@ -67,8 +67,8 @@ def test_responsible_cell_holds_the_centre():
 
 def test_two_centres_in_one_cell_keep_the_larger_box():
     boxes = torch.tensor([[2.0, 2.0, 12.0, 12.0], [0.0, 0.0, 16.0, 14.0]])  # both centred in cell (0, 0)
-    target = encode_targets(boxes, torch.tensor([1, 2]), S, IMAGE, C)
-    got, labels = decode_targets(target, IMAGE)
+    target = yolo_encode_targets(boxes, torch.tensor([1, 2]), S, IMAGE, C)
+    got, labels = yolo_decode_targets(target, IMAGE)
     assert len(got) == 1 and labels.tolist() == [2]
     torch.testing.assert_close(got[0], boxes[1], atol=1e-4, rtol=0)
 
@@ -76,15 +76,15 @@ def test_two_centres_in_one_cell_keep_the_larger_box():
 def test_encode_rejects_bad_labels():
     boxes, _ = _boxes_in_distinct_cells()
     with pytest.raises(ValueError, match="labels must be in 1..3"):
-        encode_targets(boxes, torch.tensor([0, 1, 2]), S, IMAGE, C)
+        yolo_encode_targets(boxes, torch.tensor([0, 1, 2]), S, IMAGE, C)
     with pytest.raises(ValueError, match="int Tensor"):
-        encode_targets(boxes, torch.tensor([1.0, 1.0, 2.0]), S, IMAGE, C)
+        yolo_encode_targets(boxes, torch.tensor([1.0, 1.0, 2.0]), S, IMAGE, C)
 
 
 def test_cells_to_xyxy_matches_box_convert():
     g = torch.Generator().manual_seed(0)
     cells = torch.rand(2, S, S, B, 4, generator=g)
-    got = cells_to_xyxy(cells, IMAGE)
+    got = yolo_cells_to_xyxy(cells, IMAGE)
     i, j, b = 4, 1, 1
     x, y, sw, sh = cells[0, i, j, b].tolist()
     cx, cy, w, h = (j + x) * 16, (i + y) * 16, sw**2 * IMAGE, sh**2 * IMAGE
@@ -94,7 +94,7 @@ def test_cells_to_xyxy_matches_box_convert():
 
 def test_loss_is_zero_for_a_perfect_prediction_and_positive_otherwise():
     boxes, labels = _boxes_in_distinct_cells()
-    target = encode_targets(boxes, labels, S, IMAGE, C)[None]
+    target = yolo_encode_targets(boxes, labels, S, IMAGE, C)[None]
     raw = _perfect_raw(target[0])
     perfect = yolo_loss(raw, target, IMAGE, B)
     assert perfect["loss"] < 1e-6, {k: float(v) for k, v in perfect.items()}
@@ -112,7 +112,7 @@ def test_loss_is_zero_for_a_perfect_prediction_and_positive_otherwise():
 
 def test_loss_weights_follow_the_paper():
     boxes, labels = _boxes_in_distinct_cells()
-    target = encode_targets(boxes, labels, S, IMAGE, C)[None]
+    target = yolo_encode_targets(boxes, labels, S, IMAGE, C)[None]
     raw = torch.randn(1, S, S, B * 5 + C, generator=torch.Generator().manual_seed(1))
     base = yolo_loss(raw, target, IMAGE, B, lambda_coord=1.0, lambda_noobj=1.0)
     paper = yolo_loss(raw, target, IMAGE, B)
@@ -124,9 +124,9 @@ def test_loss_weights_follow_the_paper():
 def test_decode_returns_sorted_boxes_inside_the_image_after_nms():
     g = torch.Generator().manual_seed(0)
     raw = torch.randn(3, S, S, B * 5 + C, generator=g) * 3
-    dets = decode(raw, B, IMAGE, score_threshold=0.05, iou_threshold=0.5)
+    dets = yolo_decode(raw, B, IMAGE, score_threshold=0.05, iou_threshold=0.5)
     assert len(dets) == 3
-    out = split_output(raw, B)
+    out = yolo_split_output(raw, B)
     for n, d in enumerate(dets):
         boxes, scores, labels = d["boxes"], d["scores"], d["labels"]
         assert len(boxes) > 0
@@ -137,7 +137,7 @@ def test_decode_returns_sorted_boxes_inside_the_image_after_nms():
         same = labels[:, None] == labels[None, :]
         assert not (iou.triu(1)[same.triu(1)] > 0.5).any()
         # reference: torchvision's batched_nms on the same candidates
-        all_boxes = cells_to_xyxy(out.boxes[n], IMAGE).clamp(0, IMAGE).reshape(-1, 4)
+        all_boxes = yolo_cells_to_xyxy(out.boxes[n], IMAGE).clamp(0, IMAGE).reshape(-1, 4)
         p, c = out.class_probs[n].max(-1)
         all_scores = (out.confidence[n] * p[..., None]).reshape(-1)
         all_labels = (c[..., None].expand(S, S, B) + 1).reshape(-1)

@@ -8,12 +8,16 @@ module              what it holds                                               
 ``yolo``            YOLO v1: an S x S grid, B boxes per cell                        05
 ``ssd``             SSD: default boxes on several feature maps                      05
 ``segmentation``    naive all-conv, FCN-32s/16s/8s, U-Net, SegNet, DeepLab          06
-``mask_rcnn``       torchvision's Mask R-CNN for small images, RoI-pool experiments 07
+``mask_rcnn``       torchvision's Mask R-CNN for small images, RoI-pooler swap      07
 ``hourglass``       stacked hourglass with intermediate supervision                 08
 ``dip``             the Deep Image Prior encoder-decoder                            09
+``blocks``          conv-BN-activation, the TinyDarknet body, input checks          05-09
 ==================  ==============================================================  ========
+
+Networks only: the task code around them (training steps, decoding, evaluation) lives in one module per
+task, ``coursekit/<task>.py`` (``detection``, ``instance_segmentation``, ``segmentation``, ``pose``, ``dip``).
 """
 
-from coursekit.models import dip, hourglass, mask_rcnn, overfeat, rcnn, segmentation, ssd, yolo
+from coursekit.models import blocks, dip, hourglass, mask_rcnn, overfeat, rcnn, segmentation, ssd, yolo
 
-__all__ = ["dip", "hourglass", "mask_rcnn", "overfeat", "rcnn", "segmentation", "ssd", "yolo"]
+__all__ = ["blocks", "dip", "hourglass", "mask_rcnn", "overfeat", "rcnn", "segmentation", "ssd", "yolo"]

@@ -10,14 +10,12 @@ mask, unlike a class score, must line up with the pixels.
   ResNet-18 FPN whose body gets :func:`coursekit.weights.load_backbone_weights` (ImageNet online,
   coursekit's own ResNet-18 offline), or torchvision's COCO-pretrained ResNet-50 Mask R-CNN when its
   weights can be had. Never downloads anything else.
-- :func:`predict`, :func:`to_metrics_format`, :func:`evaluate`: model outputs (soft masks
-  ``[N, 1, H, W]``) -> the format of :func:`coursekit.metrics.mean_average_precision` (masks uint8
-  ``[N, H, W]``) -> box AP and mask AP.
 - :class:`MultiScaleRoIPooler` and :func:`swap_roi_poolers`: FPN's multi-scale RoI pooling written out
   (equal to ``torchvision.ops.MultiScaleRoIAlign`` with ``op="align"``), with RoI *pooling* as the other
   choice, to measure what quantisation costs a trained model.
-- :func:`crop_and_paste_masks`: the controlled version of that experiment, with no network at all: cut
-  ground-truth masks out of a stride-``s`` "feature map" with RoI pool or RoI align, paste them back.
+
+This file holds the networks; predicting, scoring (box and mask AP) and the controlled RoI-pool
+experiment are task code, in :mod:`coursekit.instance_segmentation`.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -37,12 +34,8 @@ __all__ = [
     "ROI_OPS",
     "SMALL_IMAGE_SETTINGS",
     "torchvision_mask_rcnn",
-    "predict",
-    "to_metrics_format",
-    "evaluate",
     "MultiScaleRoIPooler",
     "swap_roi_poolers",
-    "crop_and_paste_masks",
 ]
 
 RoIOp = Literal["align", "pool"]
@@ -189,128 +182,6 @@ def _check_builder_args(num_classes: int, backbone: str, trainable_layers: int, 
         raise ValueError(f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}")
 
 
-# ======================================================================================= evaluation
-def _images_of(data: Any, indices: Sequence[int] | None) -> tuple[list[Tensor], list[Any] | None]:
-    """Images (and targets, for a dataset) from a dataset of ``(image, target)`` or a list of images."""
-    if isinstance(data, Tensor):
-        if data.dim() != 4:
-            raise ValueError(f"a batch of images must be Tensor[B, 3, H, W], got {list(data.shape)}")
-        return list(data), None
-    items = [data[i] for i in (range(len(data)) if indices is None else indices)]
-    if items and isinstance(items[0], (tuple, list)):
-        return [image for image, _ in items], [target for _, target in items]
-    if not all(isinstance(x, Tensor) and x.dim() == 3 for x in items):
-        raise ValueError("data must be a dataset of (image, target), a list of Tensor[3, H, W] or a Tensor[B, 3, H, W]")
-    return list(items), None
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: Any,
-    *,
-    device: torch.device | str | None = None,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> list[dict[str, Tensor]]:
-    """Run a detection model in eval mode on images; outputs on the CPU, one dict per image.
-
-    Args:
-        images: a list of ``Tensor[3, H, W]`` in [0, 1], a ``Tensor[B, 3, H, W]``, or a dataset of
-            ``(image, target)`` pairs (its targets are ignored).
-        device: where to run (default ``coursekit.device()``); the model is moved there.
-
-    The model's train / eval mode is restored afterwards.
-    """
-    from tqdm.auto import tqdm
-
-    from coursekit.runtime import device as default_device
-    from coursekit.train import to_device
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    dev = torch.device(device) if device is not None else default_device()
-    images, _ = _images_of(images, None)
-    was_training = model.training
-    model.to(dev).eval()
-    outputs: list[dict[str, Tensor]] = []
-    try:
-        for start in tqdm(range(0, len(images), batch_size), desc="predict", disable=not progress):
-            batch = to_device(images[start : start + batch_size], dev)
-            outputs += to_device(model(batch), "cpu")
-    finally:
-        model.train(was_training)
-    return outputs
-
-
-def to_metrics_format(outputs: Sequence[Mapping[str, Tensor]], mask_threshold: float = 0.5) -> list[dict[str, Tensor]]:
-    """Mask R-CNN outputs -> the input of :func:`coursekit.metrics.mean_average_precision` (CPU tensors).
-
-    Args:
-        outputs: per image ``{"boxes": Tensor[N, 4], "labels": Tensor[N], "scores": Tensor[N],
-            "masks": Tensor[N, 1, H, W]}`` with soft masks (probabilities) as torchvision returns them.
-        mask_threshold: a pixel belongs to the object when its probability is ``> mask_threshold``
-            (torchvision's COCO evaluation uses ``> 0.5``).
-
-    Returns per image ``{"boxes": float32 [N, 4], "labels": int64 [N], "scores": float32 [N],
-    "masks": uint8 [N, H, W]}``.
-    """
-    if not 0.0 < mask_threshold < 1.0:
-        raise ValueError(f"mask_threshold must be a probability in (0, 1), got {mask_threshold}")
-    converted = []
-    for i, out in enumerate(outputs):
-        missing = {"boxes", "labels", "scores", "masks"} - set(out)
-        if missing:
-            raise ValueError(f"outputs[{i}] lacks {sorted(missing)}: pass Mask R-CNN's eval-mode outputs")
-        masks = out["masks"].detach().cpu()
-        if masks.dim() == 4:
-            if masks.shape[1] != 1:
-                raise ValueError(f"outputs[{i}]['masks'] must be [N, 1, H, W] or [N, H, W], got {list(masks.shape)}")
-            masks = masks[:, 0]
-        if masks.dim() != 3:
-            raise ValueError(f"outputs[{i}]['masks'] must be [N, 1, H, W] or [N, H, W], got {list(masks.shape)}")
-        converted.append({
-            "boxes": out["boxes"].detach().cpu().float(),
-            "labels": out["labels"].detach().cpu().long(),
-            "scores": out["scores"].detach().cpu().float(),
-            "masks": (masks.float() > mask_threshold).to(torch.uint8),
-        })
-    return converted
-
-
-def evaluate(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    device: torch.device | str | None = None,
-    batch_size: int = 8,
-    mask_threshold: float = 0.5,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Box AP and mask AP of ``model`` on a dataset of ``(image, target)`` pairs (COCO protocol).
-
-    Returns ``box_map``, ``box_map_50``, ``box_map_75``, ``mask_map``, ``mask_map_50``, ``mask_map_75``
-    (:func:`coursekit.metrics.mean_average_precision` with ``iou_type="bbox"`` and ``"segm"``) and
-    ``seconds_per_image`` (inference and post-processing, batched).
-    """
-    import time
-
-    from coursekit.metrics import mean_average_precision
-
-    images, targets = _images_of(dataset, None)
-    if targets is None:
-        raise ValueError("evaluate needs a dataset of (image, target) pairs, not bare images")
-    start = time.perf_counter()
-    preds = to_metrics_format(predict(model, images, device=device, batch_size=batch_size, progress=progress),
-                              mask_threshold)
-    seconds = (time.perf_counter() - start) / max(len(images), 1)
-    out = {"seconds_per_image": seconds}
-    for prefix, iou_type in (("box", "bbox"), ("mask", "segm")):
-        metrics = mean_average_precision(preds, targets, iou_type=iou_type)
-        out.update({f"{prefix}_{k}": float(metrics[k]) for k in ("map", "map_50", "map_75")})
-    return out
-
-
 # ====================================================================================== RoI poolers
 def _feature_scale(feature: Tensor, image_size: tuple[int, int]) -> float:
     """Feature cells per image pixel, rounded to a power of 2 (1/4 for P2, ...): torchvision's rule."""
@@ -407,50 +278,3 @@ def swap_roi_poolers(model: nn.Module, op: RoIOp = "pool", copy_model: bool = Tr
         new = MultiScaleRoIPooler(old.featmap_names, old.output_size[0], old.sampling_ratio, op=op)
         setattr(model.roi_heads, name, new)
     return model
-
-
-# ======================================================================= quantisation, controlled
-def crop_and_paste_masks(
-    masks: Tensor,
-    boxes: Tensor,
-    op: RoIOp,
-    stride: int = 16,
-    resolution: int = 28,
-    aligned: bool = True,
-) -> Tensor:
-    """Cut each mask out of a stride-``stride`` map with RoI ``op``, paste it back: ``uint8 Tensor[N, H, W]``.
-
-    What the mask branch can at best recover when its features are read with ``op``, with no network:
-
-    1. the mask is seen at the resolution of a feature map of stride ``s`` (average pooling, ``[N, 1, H/s, W/s]``);
-    2. its box is cut out and resampled to ``resolution x resolution`` (28: Mask R-CNN's mask size) with
-       :func:`coursekit.ops.roi_pool` (bins rounded to whole cells) or :func:`coursekit.ops.roi_align`
-       (bilinear, no rounding; ``aligned=True`` puts cell values at cell centres, so only the op differs);
-    3. the crop is pasted back into the box (torchvision's ``paste_masks_in_image``) and thresholded at 0.5.
-
-    Args:
-        masks: ``Tensor[N, H, W]`` bool / uint8 instance masks; H and W divisible by ``stride``.
-        boxes: ``Tensor[N, 4]`` float xyxy pixels, one box per mask.
-    Compare the result with ``masks`` (mask IoU) to measure the quantisation error.
-    """
-    from torchvision.models.detection.roi_heads import paste_masks_in_image
-
-    from coursekit.ops import roi_align, roi_pool
-
-    if op not in ROI_OPS:
-        raise ValueError(f"op must be one of {ROI_OPS}, got {op!r}")
-    if masks.dim() != 3 or boxes.shape != (masks.shape[0], 4):
-        raise ValueError(f"need masks [N, H, W] and boxes [N, 4], got {list(masks.shape)} and {list(boxes.shape)}")
-    N, H, W = masks.shape
-    if stride < 1 or H % stride or W % stride:
-        raise ValueError(f"stride must be >= 1 and divide the mask size {H}x{W}, got {stride}")
-    if N == 0:
-        return masks.new_zeros(0, H, W, dtype=torch.uint8)
-    feature = F.avg_pool2d(masks[:, None].float(), stride)  # (N, 1, H/s, W/s): each mask its own "image"
-    rois = torch.cat([torch.arange(N, dtype=torch.float32)[:, None], boxes.float()], dim=1)  # (N, 5)
-    if op == "align":
-        crops = roi_align(feature, rois, resolution, 1 / stride, sampling_ratio=2, aligned=aligned)
-    else:
-        crops = roi_pool(feature, rois, resolution, 1 / stride)  # (N, 1, r, r)
-    pasted = paste_masks_in_image(crops, boxes.float(), (H, W))  # (N, 1, H, W)
-    return (pasted[:, 0] > 0.5).to(torch.uint8)

@@ -54,7 +54,6 @@ __all__ = [
     "rpn_targets",
     "rpn_loss",
     "postprocess_detections",
-    "proposals_step",
     "torchvision_faster_rcnn",
 ]
 
@@ -553,18 +552,6 @@ class TwoStageDetector(FastRCNN):
         if proposals is not None:
             return super().propose(images, features, proposals, targets)
         return self.rpn(features, tuple(images.shape[-2:]), targets)
-
-
-def proposals_step(model: nn.Module, batch: Any, device: torch.device) -> dict[str, Tensor]:
-    """A :class:`coursekit.train.Trainer` step for detectors trained on precomputed proposals (R-CNN,
-    Fast R-CNN): ``batch = (images, proposals, targets)``, lists with one entry per image."""
-    from coursekit.train import to_device
-
-    if not isinstance(batch, (list, tuple)) or len(batch) != 3:
-        raise ValueError("proposals_step expects batches (images, proposals, targets)")
-    images, proposals, targets = to_device(tuple(batch), device)
-    losses = model(list(images), list(targets), proposals=list(proposals))
-    return {"loss": sum(losses.values()), **losses}
 
 
 # ================================================================================ torchvision's model

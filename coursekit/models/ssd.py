@@ -10,14 +10,16 @@ The figure the code follows::
 
 - Anchors (default boxes) come from :func:`coursekit.anchors.ssd_default_boxes`; level ``l`` gets boxes
   of ``1.5 x stride`` pixels by default, so the high-resolution level holds the small anchors.
-- Training (:func:`ssd_loss`): :func:`coursekit.anchors.match_anchors` (IoU >= 0.5, plus every object's
-  best anchor), smooth L1 on the R-CNN deltas of the positives, cross-entropy on positives and the
-  ``3 x P`` hardest negatives (:func:`coursekit.anchors.hard_negative_mining`), both divided by ``P``.
-- Inference (:func:`decode`): softmax, per-class score threshold and top-k, deltas -> boxes, clip,
-  per-class NMS: the same steps and numbers as torchvision's ``SSD.postprocess_detections``.
+- Training (:func:`coursekit.detection.ssd_loss`): :func:`coursekit.anchors.match_anchors` (IoU >= 0.5,
+  plus every object's best anchor), smooth L1 on the R-CNN deltas of the positives, cross-entropy on
+  positives and the ``3 x P`` hardest negatives (:func:`coursekit.anchors.hard_negative_mining`), both
+  divided by ``P``.
+- Inference (:func:`coursekit.detection.ssd_decode`): softmax, per-class score threshold and top-k,
+  deltas -> boxes, clip, per-class NMS: the same steps and numbers as torchvision's
+  ``SSD.postprocess_detections``.
 
-:func:`ssd_loss` equals torchvision's ``SSD.compute_loss`` and :func:`decode` its
-``postprocess_detections`` (``tests/test_ssd.py``).
+This file holds the network; the loss, the training step and the decoding are task code and live in
+:mod:`coursekit.detection` (they equal torchvision's: ``tests/test_ssd.py``).
 """
 
 from __future__ import annotations
@@ -28,14 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coursekit.anchors import decode as decode_deltas
-from coursekit.anchors import encode, hard_negative_mining, match_anchors, ssd_default_boxes
-from coursekit.boxes import batched_nms
-from coursekit.models.yolo import TinyDarknet, _check_images, conv_block
+from coursekit.anchors import ssd_default_boxes
+from coursekit.models.blocks import TinyDarknet, check_square_images, conv_bn_act
 
-__all__ = ["BOX_WEIGHTS", "SSD", "FPN", "ssd_targets", "ssd_loss", "decode", "ssd_step"]
+__all__ = ["SSD", "FPN"]
 
-BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # SSD / torchvision scale the deltas so both losses weigh alike
 _ANCHOR_SCALE = 1.5  # default anchor side: 1.5 x the level's stride
 
 
@@ -50,7 +49,7 @@ class FPN(nn.Module):
     def __init__(self, in_channels: Sequence[int], channels: int = 64):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.smooth = nn.ModuleList(conv_block(channels, channels) for _ in in_channels)
+        self.smooth = nn.ModuleList(conv_bn_act(channels, channels, act=nn.LeakyReLU(0.1)) for _ in in_channels)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         top = self.lateral[-1](features[-1])
@@ -69,7 +68,7 @@ class SSD(nn.Module):
         image_size: square input side.
         strides: the backbone levels that predict (powers of 2 up to ``2 ** len(widths)``), e.g.
             ``(8, 16, 32)``; leave out 8 to see what the high-resolution level buys on small objects.
-        widths: backbone stage channels (:class:`~coursekit.models.yolo.TinyDarknet`).
+        widths: backbone stage channels (:class:`~coursekit.models.blocks.TinyDarknet`).
         aspect_ratios: SSD ratios per level (default ``(2,)``: boxes 1:1, 1:1 larger, 2:1, 1:2).
         scales: anchor scales as fractions of the image, one per level plus one (SSD's ``s_k``); default
             ``1.5 x stride / image_size`` per level, then 1.0.
@@ -126,7 +125,7 @@ class SSD(nn.Module):
         return self.fpn(maps) if self.fpn is not None else maps
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        _check_images(x, self.image_size)
+        check_square_images(x, self.image_size)
         N = x.shape[0]
         cls, box = [], []
         for f, cls_head, box_head in zip(self.features(x), self.cls_heads, self.box_heads):
@@ -144,7 +143,7 @@ class SSD(nn.Module):
         topk_candidates: int = 100,
         max_detections: int = 100,
     ) -> list[dict[str, Tensor]]:
-        """Boxes of a batch ``[N, 3, H, W]``: :func:`decode` of ``forward``, in eval mode.
+        """Boxes of a batch ``[N, 3, H, W]``: :func:`coursekit.detection.ssd_decode` of ``forward``, in eval mode.
 
         Tighter defaults than torchvision's SSD300 (0.01, 400 per class): coursekit's NMS builds the full
         ``K x K`` IoU matrix, and an untrained net can pass thousands of low scores to it."""
@@ -154,112 +153,10 @@ class SSD(nn.Module):
             cls_logits, deltas = self(images)
         finally:
             self.train(was_training)
-        return decode(
+        from coursekit.detection import ssd_decode
+
+        return ssd_decode(
             cls_logits, deltas, self.anchors, self.image_size,
             score_threshold=score_threshold, iou_threshold=iou_threshold, topk_candidates=topk_candidates,
             max_detections=max_detections,
         )
-
-
-# ------------------------------------------------------------------------------------------- training
-def ssd_targets(anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Class and box targets of every anchor of every image.
-
-    Args:
-        anchors (Tensor[A, 4]): xyxy pixels.
-        targets: one dict per image with ``boxes`` (Tensor[G, 4] xyxy) and ``labels`` (Tensor[G] int64, 1..C).
-
-    Returns ``labels [N, A]`` int64 (0 = background) and ``box_targets [N, A, 4]`` (encoded deltas with
-    :data:`BOX_WEIGHTS`; zeros for the background). Matching: IoU >= 0.5, plus each object's best
-    anchor(s) kept with the object it overlaps most (torchvision's ``Matcher`` with
-    ``allow_low_quality_matches``). ``SSDMatcher`` differs only when an object's best anchor overlaps
-    another object more: it forces that anchor to the first object (assignment 02 implements that rule).
-    """
-    labels, box_targets = [], []
-    for t in targets:
-        matches = match_anchors(anchors, t["boxes"], high=0.5, low=0.5, allow_low_quality=True)  # (A,)
-        positive = matches >= 0
-        lab = torch.zeros_like(matches)
-        lab[positive] = t["labels"][matches[positive]]
-        deltas = torch.zeros_like(anchors)
-        deltas[positive] = encode(t["boxes"][matches[positive]], anchors[positive], BOX_WEIGHTS)
-        labels.append(lab)
-        box_targets.append(deltas)
-    return torch.stack(labels), torch.stack(box_targets)
-
-
-def ssd_loss(
-    cls_logits: Tensor, deltas: Tensor, anchors: Tensor, targets: Sequence[dict[str, Tensor]], neg_pos_ratio: int = 3
-) -> dict[str, Tensor]:
-    """SSD's loss. -> ``{"loss", "loss_cls", "loss_box"}`` scalars.
-
-    Args:
-        cls_logits (Tensor[N, A, C + 1]), deltas (Tensor[N, A, 4]): the network's output.
-        anchors (Tensor[A, 4]): xyxy pixels.
-        targets: one dict per image (``boxes``, ``labels``).
-
-    ``loss_box``: smooth L1 (beta 1) between predicted and target deltas, summed over positive anchors;
-    ``loss_cls``: cross-entropy summed over positives and the ``neg_pos_ratio x P`` negatives of largest
-    loss in each image (hard negative mining). Both are divided by ``P``, the number of positives in the
-    batch (at least 1). Equals torchvision's ``SSD.compute_loss`` (``bbox_regression``, ``classification``).
-    """
-    if cls_logits.dim() != 3 or deltas.shape != (*cls_logits.shape[:2], 4) or len(targets) != cls_logits.shape[0]:
-        raise ValueError(
-            f"need cls_logits [N, A, C + 1], deltas [N, A, 4] and N targets; got {list(cls_logits.shape)}, "
-            f"{list(deltas.shape)} and {len(targets)} targets"
-        )
-    labels, box_targets = ssd_targets(anchors, targets)  # (N, A), (N, A, 4)
-    positive = labels > 0
-    num_pos = positive.sum().clamp(min=1)
-    loss_box = F.smooth_l1_loss(deltas[positive], box_targets[positive], reduction="sum") / num_pos
-    ce = F.cross_entropy(cls_logits.flatten(0, 1), labels.flatten(), reduction="none").view_as(labels)  # (N, A)
-    keep = hard_negative_mining(ce, labels, neg_pos_ratio)  # positives + the hardest 3P negatives
-    loss_cls = ce[keep].sum() / num_pos
-    return {"loss": loss_cls + loss_box, "loss_cls": loss_cls, "loss_box": loss_box}
-
-
-def ssd_step(model: SSD, batch: tuple, device: torch.device) -> dict[str, Tensor]:
-    """A :class:`coursekit.train.Trainer` step: ``batch = (images [N, 3, H, W], list of target dicts)``."""
-    images, targets = batch
-    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-    cls_logits, deltas = model(images.to(device))
-    return ssd_loss(cls_logits, deltas, model.anchors, targets)
-
-
-# ------------------------------------------------------------------------------------------ inference
-def decode(
-    cls_logits: Tensor,
-    deltas: Tensor,
-    anchors: Tensor,
-    image_size: int | tuple[int, int],
-    score_threshold: float = 0.01,
-    iou_threshold: float = 0.45,
-    topk_candidates: int = 400,
-    max_detections: int = 200,
-) -> list[dict[str, Tensor]]:
-    """Detections of each image: a list of N dicts ``boxes`` (Tensor[K, 4] xyxy inside the image),
-    ``scores`` (Tensor[K], decreasing), ``labels`` (Tensor[K] int64 in ``1..C``).
-
-    Per image: softmax over ``C + 1`` classes; decode the deltas on the anchors and clip to the image;
-    per class ``1..C``: keep scores ``> score_threshold``, then the ``topk_candidates`` best; per-class NMS
-    at ``iou_threshold``; the ``max_detections`` best. Defaults are torchvision's SSD300 settings.
-    """
-    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
-    probs = cls_logits.softmax(dim=-1)  # (N, A, C + 1)
-    detections = []
-    for p, d in zip(probs, deltas, strict=True):
-        boxes = decode_deltas(d, anchors, BOX_WEIGHTS)
-        boxes = torch.stack([boxes[:, 0].clamp(0, W), boxes[:, 1].clamp(0, H),
-                             boxes[:, 2].clamp(0, W), boxes[:, 3].clamp(0, H)], dim=1)  # fmt: skip
-        all_boxes, all_scores, all_labels = [], [], []
-        for c in range(1, p.shape[-1]):
-            score = p[:, c]
-            candidates = (score > score_threshold).nonzero().flatten()
-            top = score[candidates].topk(min(topk_candidates, candidates.numel()))
-            all_boxes.append(boxes[candidates[top.indices]])
-            all_scores.append(top.values)
-            all_labels.append(torch.full_like(top.indices, c))
-        b, s, lab = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
-        keep = batched_nms(b, s, lab, iou_threshold)[:max_detections]
-        detections.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
-    return detections
