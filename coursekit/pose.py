@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
+from coursekit.checks import as_pair
 from coursekit.data.real import OfflineError
 from coursekit.runtime import is_offline
 
@@ -58,17 +59,9 @@ _SUBPIXEL_SHIFT = 0.25  # cells: the paper's quarter-pixel shift towards the hig
 Size = int | tuple[int, int]
 
 
-def _pair(size: Size, name: str) -> tuple[int, int]:
-    """``(height, width)`` from an int or a pair; ValueError otherwise."""
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if not all(isinstance(v, int) and v > 0 for v in (h, w)):
-        raise ValueError(f"{name} must be a positive int or (height, width) ints, got {size!r}")
-    return h, w
-
-
 def _cell_size(heatmap_size: Size, image_size: Size) -> Tensor:
     """(2,) pixels per heatmap cell along x and y."""
-    (h, w), (H, W) = _pair(heatmap_size, "heatmap_size"), _pair(image_size, "image_size")
+    (h, w), (H, W) = as_pair(heatmap_size, "heatmap_size"), as_pair(image_size, "image_size")
     return torch.tensor([W / w, H / h])
 
 
@@ -110,7 +103,7 @@ def heatmaps(keypoints: Tensor, visible: Tensor | None, heatmap_size: Size, imag
     _check_keypoints(keypoints, visible)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 heatmap cells, got {sigma}")
-    h, w = _pair(heatmap_size, "heatmap_size")
+    h, w = as_pair(heatmap_size, "heatmap_size")
     centre = _to_heatmap(keypoints.float(), heatmap_size, image_size)  # (..., K, 2) in cells
     xs = torch.arange(w, dtype=torch.float32, device=keypoints.device) + 0.5  # cell centres
     ys = torch.arange(h, dtype=torch.float32, device=keypoints.device) + 0.5
@@ -170,7 +163,7 @@ def affine_matrix(angle: float, scale: float, image_size: Size,
     (clockwise as seen on the screen, as torchvision's ``affine``) and scaling by ``scale`` about the
     image centre ``(W / 2, H / 2)``, then a shift by ``translate`` pixels.
     """
-    H, W = _pair(image_size, "image_size")
+    H, W = as_pair(image_size, "image_size")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     a = math.radians(angle)
@@ -190,7 +183,7 @@ def affine_keypoints(keypoints: Tensor, matrix: Tensor) -> Tensor:
 
 
 def _inside(keypoints: Tensor, image_size: Size) -> Tensor:
-    H, W = _pair(image_size, "image_size")
+    H, W = as_pair(image_size, "image_size")
     x, y = keypoints[..., 0], keypoints[..., 1]
     return (x >= 0) & (x < W) & (y >= 0) & (y < H)
 
@@ -247,7 +240,7 @@ class HeatmapDataset(Dataset):
     def __init__(self, dataset: Dataset, heatmap_size: Size, sigma: float = 1.0, augment: bool = False,
                  rotation: float = ROTATION, scale: tuple[float, float] = SCALE,
                  generator: torch.Generator | None = None):
-        self.dataset, self.heatmap_size, self.sigma = dataset, _pair(heatmap_size, "heatmap_size"), sigma
+        self.dataset, self.heatmap_size, self.sigma = dataset, as_pair(heatmap_size, "heatmap_size"), sigma
         self.augment, self.rotation, self.scale, self.generator = augment, rotation, scale, generator
 
     def __len__(self) -> int:
@@ -315,7 +308,7 @@ class CocoKeypoints(Dataset):
         from torchvision.datasets import CocoDetection  # imported here: pycocotools loads the json
 
         self.coco = CocoDetection(str(root), str(ann_file))
-        self.image_size, self.padding = _pair(image_size, "image_size")[0], padding
+        self.image_size, self.padding = as_pair(image_size, "image_size")[0], padding
         self.people = [
             (i, a) for i, image_id in enumerate(self.coco.ids)
             for a in self.coco.coco.imgToAnns[image_id]

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from coursekit.boxes import batched_nms, box_iou
+from coursekit.checks import as_pair
 
 __all__ = [
     "window_grid",
@@ -44,14 +45,6 @@ Detections = dict[str, Tensor]  # {"boxes": Tensor[N, 4] xyxy, "scores": Tensor[
 IGNORE = -1  # assign_windows' label for windows that are neither clearly object nor clearly background
 
 
-def _pair(value: Size, name: str, minimum: int = 1) -> tuple[int, int]:
-    """``7 -> (7, 7)``; ``(h, w)`` stays; anything below ``minimum`` raises ValueError."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
-        raise ValueError(f"{name} must be an int >= {minimum} or a pair (h, w) of them, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
 def window_grid(image_size: Size, window: Size, stride: Size, padding: Size = 0) -> tuple[int, int]:
     """How many window positions fit, ``(rows, cols)``: ``(size + 2 * padding - window) // stride + 1``.
 
@@ -64,8 +57,8 @@ def window_grid(image_size: Size, window: Size, stride: Size, padding: Size = 0)
     ``window_grid(257, 221, 36) == (2, 2)`` (deck 001); ``window_grid(256, 64, 8) == (25, 25)`` and
     ``window_grid(256, 64, 8, padding=28) == (32, 32)`` (deck 002).
     """
-    (h, w), (kh, kw) = _pair(image_size, "image_size"), _pair(window, "window")
-    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding", minimum=0)
+    (h, w), (kh, kw) = as_pair(image_size, "image_size"), as_pair(window, "window")
+    (sh, sw), (ph, pw) = as_pair(stride, "stride"), as_pair(padding, "padding", minimum=0)
     if kh > h + 2 * ph or kw > w + 2 * pw:
         raise ValueError(
             f"window {(kh, kw)} does not fit in the padded image {(h + 2 * ph, w + 2 * pw)}: "
@@ -86,9 +79,9 @@ def window_boxes(
     """
     rows, cols = window_grid(image_size, window, stride, padding)
     (kh, kw), (sh, sw), (ph, pw) = (
-        _pair(window, "window"),
-        _pair(stride, "stride"),
-        _pair(padding, "padding", 0),
+        as_pair(window, "window"),
+        as_pair(stride, "stride"),
+        as_pair(padding, "padding", 0),
     )
     sy, sx = (scale, scale) if isinstance(scale, (int, float)) else scale
     if sy <= 0 or sx <= 0:
@@ -113,9 +106,9 @@ def extract_windows(image: Tensor, window: Size, stride: Size, padding: Size = 0
     _, h, w = image.shape
     window_grid((h, w), window, stride, padding)  # validates the sizes
     (kh, kw), (sh, sw), (ph, pw) = (
-        _pair(window, "window"),
-        _pair(stride, "stride"),
-        _pair(padding, "padding", 0),
+        as_pair(window, "window"),
+        as_pair(stride, "stride"),
+        as_pair(padding, "padding", 0),
     )
     padded = F.pad(image, (pw, pw, ph, ph))
     # unfold(dim, size, step) adds a trailing axis of length `size`: (C, rows, cols, kh, kw)
@@ -170,7 +163,7 @@ def image_pyramid(image: Tensor, scales: Sequence[float], min_size: Size = 1) ->
         raise ValueError(f"image must be a Tensor[C, H, W], got {getattr(image, 'shape', type(image))}")
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"scales must be a non-empty list of positive factors, got {scales!r}")
-    kh, kw = _pair(min_size, "min_size")
+    kh, kw = as_pair(min_size, "min_size")
     _, h, w = image.shape
     levels = []
     for s in scales:

@@ -21,14 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from coursekit.checks import as_pair
+
 __all__ = ["conv_transpose2d", "conv_transpose2d_steps", "conv_transpose_output_size"]
-
-
-def _pair(value: int | tuple[int, int], name: str, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= minimum for v in pair):
-        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return pair
 
 
 def conv_transpose_output_size(
@@ -62,9 +57,9 @@ def conv_transpose2d(
     Note the argument order follows the lecture (stride, padding after the weight); ``bias`` is keyword-only.
     """
     _check_conv_args(input, weight)
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    oph, opw = _pair(output_padding, "output_padding", 0)
+    sh, sw = as_pair(stride, "stride", 1)
+    ph, pw = as_pair(padding, "padding", 0)
+    oph, opw = as_pair(output_padding, "output_padding", 0)
     if oph >= sh or opw >= sw:
         raise ValueError(f"output_padding {output_padding} must be smaller than stride {stride}")
     N, Cin, H, W = input.shape
@@ -115,8 +110,8 @@ def conv_transpose2d_steps(
         raise ValueError(
             f"expected a 2-D input and a 2-D filter, got {list(input_2d.shape)} and {list(weight_2d.shape)}"
         )
-    _pair(stride, "stride", 1)
-    _pair(padding, "padding", 0)
+    as_pair(stride, "stride", 1)
+    as_pair(padding, "padding", 0)
     H, W = input_2d.shape
     kh, kw = weight_2d.shape
     # stamp on the uncropped canvas, crop `padding` off each side when showing it

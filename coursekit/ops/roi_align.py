@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from coursekit.ops.roi_pool import _pair, _prepare_rois
+from coursekit.checks import as_pair
+from coursekit.ops.roi_pool import _prepare_rois
 
 __all__ = ["roi_align"]
 
@@ -99,7 +100,7 @@ def roi_align(
     Equal to ``torchvision.ops.roi_align`` (and its gradient w.r.t. ``input``) up to float rounding.
     """
     rois = _prepare_rois(input, boxes)
-    oh, ow = _pair(output_size)
+    oh, ow = as_pair(output_size, "output_size")
     N, C, H, W = input.shape
     K = rois.shape[0]
     if K == 0:

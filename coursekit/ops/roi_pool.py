@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor
 
+from coursekit.checks import as_pair
+
 __all__ = ["roi_pool", "boxes_to_rois"]
 
 
@@ -44,13 +46,6 @@ def boxes_to_rois(boxes: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
         return torch.zeros(0, 5)
     index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
     return torch.cat([torch.cat(index), torch.cat(list(boxes))], dim=1)
-
-
-def _pair(size: int | tuple[int, int] | list[int], name: str = "output_size") -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
-        raise ValueError(f"{name} must be a positive int or a pair (oh, ow) of positive ints, got {size!r}")
-    return pair
 
 
 def _prepare_rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
@@ -176,7 +171,7 @@ def roi_pool(
     along y times 2 along x), read from a table of every block's max computed once per feature map.
     """
     rois = _prepare_rois(input, boxes)
-    oh, ow = _pair(output_size)
+    oh, ow = as_pair(output_size, "output_size")
     N, C, H, W = input.shape
     K = rois.shape[0]
     if K == 0:
