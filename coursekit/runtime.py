@@ -1,9 +1,11 @@
-"""Where code runs and how reproducibly: device choice, seeds, offline switch, notebook profile."""
+"""Where code runs and how reproducibly: device choice, seeds, offline switch and network probe, notebook profile."""
 
 from __future__ import annotations
 
 import os
 import random
+import socket
+import threading
 from typing import Literal
 
 import numpy as np
@@ -51,6 +53,29 @@ def seed_everything(seed: int) -> torch.Generator:
 def is_offline() -> bool:
     """True when ``COURSEKIT_OFFLINE`` is set to 1/true (CI and tests set it): never try the network."""
     return os.environ.get("COURSEKIT_OFFLINE", "").strip().lower() in _TRUE
+
+
+def is_reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
+    """Can we open a TCP connection to ``host:port`` within ``timeout`` seconds? False at once when offline.
+
+    The one network probe of coursekit (weights and real datasets ask it before downloading). It runs in
+    a daemon thread, so a hanging DNS lookup cannot hold a notebook: after ``timeout`` we call it offline.
+    """
+    if is_offline():
+        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(ok)
 
 
 def resolve_profile(profile: str | None = None) -> Profile:

@@ -1,13 +1,13 @@
-"""Semantic segmentation around the models: data, joint augmentation, training step, evaluation, TTA.
+"""Semantic segmentation around the models: joint augmentation, training step, evaluation, TTA.
 
 Taught in notebook ``06_semantic_segmentation`` (deck 002: "loss and problems", augmentation and
 test-time augmentation). The models are in :mod:`coursekit.models.segmentation`, the losses in
-:mod:`coursekit.losses`, IoU / mIoU in :mod:`coursekit.metrics.segmentation`.
+:mod:`coursekit.losses`, IoU / mIoU in :mod:`coursekit.metrics.segmentation`, the in-memory dataset
+:class:`coursekit.data.SegmentationSet` in :mod:`coursekit.data.segmentation`.
 
 Conventions: images float ``Tensor[3, H, W]`` (batches ``[N, 3, H, W]``) in [0, 1]; masks int64
 ``Tensor[H, W]`` (``[N, H, W]``) of class indices, 0 = background; models return logits ``[N, C, H, W]``.
 
-- :class:`SegmentationSet`: ``(image, mask)`` pairs held in memory, e.g. :meth:`SegmentationSet.from_shapes`.
 - :class:`JointAugment`: flips, random resized crop (image bilinear, mask nearest), colour jitter (image only).
 - :func:`make_step` / :func:`train_segmenter`: per-pixel losses for :class:`coursekit.train.Trainer`.
 - :func:`predict` (with flip TTA), :func:`boundary_f_score`, :func:`evaluate`, :func:`activation_memory`.
@@ -16,14 +16,12 @@ Conventions: images float ``Tensor[3, H, W]`` (batches ``[N, 3, H, W]``) in [0, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from coursekit.losses import soft_dice_loss, soft_jaccard_loss, weighted_cross_entropy
 from coursekit.metrics.segmentation import iou_score
@@ -31,7 +29,6 @@ from coursekit.runtime import device as default_device
 from coursekit.train import StepFn, Trainer, to_device
 
 __all__ = [
-    "SegmentationSet",
     "JointAugment",
     "LossName",
     "LOSSES",
@@ -51,46 +48,6 @@ LOSSES: tuple[str, ...] = ("ce", "weighted_ce", "dice", "jaccard", "ce+dice")
 
 
 # --------------------------------------------------------------------------------------------- data
-class SegmentationSet(Dataset):
-    """``(image Tensor[3, H, W], mask Tensor[H, W] int64)`` pairs held in memory, passed through ``transform``.
-
-    Args:
-        images (Tensor[N, 3, H, W]): floats in [0, 1].
-        masks (Tensor[N, H, W] int64): class indices.
-        transform: ``transform(image, mask) -> (image, mask)``, e.g. :class:`JointAugment`; applied on
-            every access, so every epoch sees new random versions.
-    """
-
-    def __init__(
-        self, images: Tensor, masks: Tensor, transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
-    ):
-        if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0]:
-            raise ValueError(
-                f"need images [N, 3, H, W] and masks [N, H, W] with the same N, H, W; got {list(images.shape)} "
-                f"and {list(masks.shape)}"
-            )
-        if images.shape[-2:] != masks.shape[-2:] or masks.is_floating_point():
-            raise ValueError(f"masks must be integer class maps of the images' size {list(images.shape[-2:])}")
-        self.images, self.masks, self.transform = images, masks.long(), transform
-
-    @classmethod
-    def from_shapes(cls, data: Dataset, transform=None, progress: bool = True) -> SegmentationSet:
-        """Render every item of a :class:`coursekit.data.Shapes` once, keeping ``target["semantic"]``."""
-        from tqdm.auto import tqdm
-
-        items = [data[i] for i in tqdm(range(len(data)), desc="rendering", disable=not progress, leave=False)]
-        images = torch.stack([image for image, _ in items])
-        masks = torch.stack([target["semantic"] for _, target in items])
-        return cls(images, masks, transform)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image, mask = self.images[i], self.masks[i]
-        return self.transform(image, mask) if self.transform is not None else (image, mask)
-
-
 @dataclass
 class JointAugment:
     """Random augmentation applied to an image *and its mask together*: ``(image, mask) -> (image, mask)``.

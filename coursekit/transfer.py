@@ -115,11 +115,11 @@ def _shapes(n_per_class: int, image_size: int, split: str, seed: int) -> tuple[T
     are new draws of exactly the images coursekit's backbone was pretrained on.
     """
     from coursekit.data import Shapes
-    from coursekit.weights import source_data
+    from coursekit.data.shapes import single_shapes
 
     num_classes = len(Shapes.CLASSES) - 1
     # Seeds other than the source task's (0), one per split: neither training nor test scene was seen before.
-    data = source_data(n_per_class * num_classes * 3, image_size, seed=seed + (1000 if split == "test" else 500))
+    data = single_shapes(n_per_class * num_classes * 3, image_size, seed=seed + (1000 if split == "test" else 500))
     images, labels, counts = [], [], np.zeros(num_classes, dtype=int)
     for i in range(len(data)):
         image, target = data[i]

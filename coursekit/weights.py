@@ -13,10 +13,7 @@ Taught in notebook 01 (transfer learning); used by 04-07 for their backbones.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Literal
@@ -25,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, WeightsEnum, resnet18
 
-from coursekit.runtime import is_offline, seed_everything
+from coursekit.runtime import is_offline, is_reachable
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -38,7 +35,6 @@ __all__ = [
     "resnet18_backbone",
     "coursekit_resnet18",
     "pretrain_resnet18",
-    "source_data",
     "load_backbone_weights",
     "smp_encoder_weights",
 ]
@@ -54,7 +50,6 @@ _PRETRAIN_VERSION = 2
 _PRETRAIN_STEPS = 600
 _PRETRAIN_BATCH = 64
 _PRETRAIN_SIZE = 32
-_PRETRAIN_OBJECT_SIZE = (10, 24)  # min, max side of the shape in pixels
 _PRETRAIN_LR = 2e-3
 _PRETRAIN_SEED = 0
 _PROBE_HOST = ("download.pytorch.org", 443)
@@ -69,26 +64,9 @@ def cache_dir() -> Path:
 
 
 def is_online(timeout: float = 2.0) -> bool:
-    """Can we reach the weights server? False at once when ``COURSEKIT_OFFLINE=1``.
-
-    The probe (a TCP connect to download.pytorch.org) runs in a thread so a hanging DNS lookup cannot hold
-    the notebook: after ``timeout`` seconds we call it offline.
-    """
-    if is_offline():
-        return False
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(_PROBE_HOST, timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
+    """Can we reach the weights server (download.pytorch.org)? :func:`coursekit.runtime.is_reachable`;
+    False at once when ``COURSEKIT_OFFLINE=1``."""
+    return is_reachable(*_PROBE_HOST, timeout=timeout)
 
 
 def is_cached(weights: WeightsEnum) -> bool:
@@ -146,8 +124,17 @@ def _checkpoint_path() -> Path:
 
 @contextlib.contextmanager
 def _file_lock(path: Path):
-    """One process pretrains while the others (parallel test workers, two notebooks) wait for its file."""
+    """One process pretrains while the others (parallel test workers, two notebooks) wait for its file.
+
+    ``fcntl`` exists on Linux and macOS only; on Windows the lock is skipped (two notebooks started at
+    once may then both pretrain: the result is the same file, replaced atomically).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
     with open(path.with_suffix(".lock"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -183,16 +170,6 @@ def _num_source_classes() -> int:
     return len(Shapes.CLASSES) - 1
 
 
-def source_data(n: int, image_size: int = _PRETRAIN_SIZE, seed: int = _PRETRAIN_SEED):
-    """The source task's images: one shape per Shapes scene, on a textured background."""
-    from coursekit.data import Shapes
-
-    low, high = _PRETRAIN_OBJECT_SIZE
-    scale = image_size / _PRETRAIN_SIZE
-    return Shapes(n=n, image_size=image_size, min_objects=1, max_objects=1,
-                  min_size=max(6, round(low * scale)), max_size=round(high * scale), seed=seed)
-
-
 def _source_batch(data, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch ``step`` of the source task: normalised images ``[B, 3, H, W]`` and class indices ``[B]`` (0-5)."""
     images, labels = [], []
@@ -217,13 +194,18 @@ def pretrain_resnet18(
     Source task: "which of the 6 shape kinds is this" (one shape per image, textured backgrounds),
     cross-entropy, AdamW with a one-cycle schedule. Every
     batch is a function of (seed, step) only, so the result is the same on every run of the same
-    machine. Runs on the CPU on purpose: the cache must not depend on the device.
+    machine. Runs on the CPU on purpose: the cache must not depend on the device. The initialisation
+    draws from torch's generator seeded with ``seed`` inside ``torch.random.fork_rng``: the caller's
+    random state is left as it was (a notebook's randomness must not depend on whether the cache existed).
     """
     from tqdm.auto import tqdm
 
-    data = source_data(steps * batch_size, image_size, seed)
-    seed_everything(seed)
-    model = resnet18(weights=None, num_classes=_num_source_classes())
+    from coursekit.data.shapes import single_shapes
+
+    data = single_shapes(steps * batch_size, image_size, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = resnet18(weights=None, num_classes=_num_source_classes())
     optimizer = torch.optim.AdamW(model.parameters(), lr=_PRETRAIN_LR, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=_PRETRAIN_LR, total_steps=steps, pct_start=0.2)
     model.train()

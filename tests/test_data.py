@@ -395,7 +395,7 @@ def test_real_loaders_offline_raise_one_clear_error(load, name, tmp_path, monkey
 
 def test_failed_download_becomes_offline_error_without_chain(monkeypatch):
     monkeypatch.setenv("COURSEKIT_OFFLINE", "0")
-    monkeypatch.setattr(real, "_reachable", lambda url, timeout=0: True)
+    monkeypatch.setattr(real, "is_reachable", lambda host, port=443, timeout=0: True)
 
     def download():
         raise URLError("name resolution failed")
@@ -403,7 +403,7 @@ def test_failed_download_becomes_offline_error_without_chain(monkeypatch):
     with pytest.raises(OfflineError, match="URLError") as info:
         real._online("Penn-Fudan", real.PENN_FUDAN_URL, "coursekit.data.Shapes(...)", download)
     assert info.value.__suppress_context__
-    monkeypatch.setattr(real, "_reachable", lambda url, timeout=0: False)
+    monkeypatch.setattr(real, "is_reachable", lambda host, port=443, timeout=0: False)
     with pytest.raises(OfflineError, match="cannot be reached"):
         real._online("Penn-Fudan", real.PENN_FUDAN_URL, "coursekit.data.Shapes(...)", download)
 

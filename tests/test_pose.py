@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from coursekit import pose
-from coursekit.data import OfflineError, StickFigures
+from coursekit.data import CocoKeypoints, HeatmapDataset, OfflineError, StickFigures
 from coursekit.metrics import pck
 
 H = W = 64
@@ -173,7 +173,7 @@ def test_random_affine_pose_stays_within_the_paper_ranges():
 # ---------------------------------------------------------------- dataset, loss
 def test_heatmap_dataset_wraps_stick_figures():
     base = StickFigures(4, 64, seed=0)
-    ds = pose.HeatmapDataset(base, 16, augment=True, generator=torch.Generator().manual_seed(0))
+    ds = HeatmapDataset(base, 16, augment=True, generator=torch.Generator().manual_seed(0))
     images, targets = torch.utils.data.default_collate([ds[i] for i in range(4)])
     assert images.shape == (4, 3, 64, 64)
     assert targets["heatmaps"].shape == (4, len(StickFigures.KEYPOINTS), 16, 16)
@@ -184,7 +184,7 @@ def test_heatmap_dataset_wraps_stick_figures():
     border = (decoded[vis] < 4) | (decoded[vis] > 60)  # a border cell has one neighbour: no shift there
     assert err[~border].max() <= 0.25 + 1e-5 and err[border].max() <= 0.5 + 1e-5
     assert (targets["heatmaps"][~vis] == 0).all()
-    plain = pose.HeatmapDataset(base, 16)
+    plain = HeatmapDataset(base, 16)
     _, t0 = plain[0]
     torch.testing.assert_close(t0["keypoints"], base[0][1]["keypoints"])
     assert t0["torso"].item() == pytest.approx(base[0][1]["torso"])
@@ -211,10 +211,10 @@ def test_coco_keypoints_without_files_names_stick_figures(tmp_path, monkeypatch)
     paths = (tmp_path / "train2017", tmp_path / "person_keypoints_train2017.json")
     monkeypatch.setenv("COURSEKIT_OFFLINE", "1")
     with pytest.raises(OfflineError, match="StickFigures"):
-        pose.CocoKeypoints(*paths)
+        CocoKeypoints(*paths)
     monkeypatch.setenv("COURSEKIT_OFFLINE", "0")
     with pytest.raises(FileNotFoundError, match="StickFigures"):
-        pose.CocoKeypoints(*paths)
+        CocoKeypoints(*paths)
 
 
 def test_coco_keypoints_crops_a_person_and_moves_the_keypoints_with_it(tmp_path):
@@ -233,7 +233,7 @@ def test_coco_keypoints_crops_a_person_and_moves_the_keypoints_with_it(tmp_path)
                             "iscrowd": 0, "num_keypoints": int(labelled.sum()), "keypoints": [int(v) for v in kps]}],
            "categories": [{"id": 1, "name": "person"}]}
     (tmp_path / "ann.json").write_text(json.dumps(ann))
-    ds = pose.CocoKeypoints(tmp_path / "images", tmp_path / "ann.json", image_size=100, padding=1.25)
+    ds = CocoKeypoints(tmp_path / "images", tmp_path / "ann.json", image_size=100, padding=1.25)
     assert len(ds) == 1
     image, target = ds[0]
     assert image.shape == (3, 100, 100) and target["keypoints"].shape == (17, 2)

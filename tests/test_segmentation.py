@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coursekit import segmentation as S
-from coursekit.data import Shapes
+from coursekit.data import SegmentationSet, Shapes
 from coursekit.losses import class_weights_from_freq, soft_dice_loss
 from coursekit.metrics import mean_iou
 
@@ -68,11 +68,11 @@ def test_joint_augment_rejects_bad_settings():
 
 def test_segmentation_set_from_shapes_keeps_the_semantic_masks():
     data = Shapes(3, 32, seed=0)
-    ds = S.SegmentationSet.from_shapes(data, progress=False)
+    ds = SegmentationSet.from_shapes(data, progress=False)
     image, mask = ds[1]
     assert torch.equal(image, data[1][0]) and torch.equal(mask, data[1][1]["semantic"])
     with pytest.raises(ValueError, match="integer class maps"):
-        S.SegmentationSet(torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8))
+        SegmentationSet(torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8))
 
 
 # ---------------------------------------------------------------------------------------- losses
@@ -101,7 +101,7 @@ def test_step_rejects_unknown_loss_and_missing_weights():
 def test_train_segmenter_learns_a_trivial_task():
     torch.manual_seed(0)
     images, masks = _stripes(8, 16)
-    loader = torch.utils.data.DataLoader(S.SegmentationSet(images, masks), batch_size=4)
+    loader = torch.utils.data.DataLoader(SegmentationSet(images, masks), batch_size=4)
     model = nn.Conv2d(3, 3, 1)
     trainer = S.train_segmenter(model, loader, steps=60, lr=0.1, device="cpu", progress=False)
     assert trainer.global_step == 60

@@ -94,7 +94,7 @@ def test_fcn8s_output_changes_when_only_a_pool3_pixel_changes_and_only_near_it()
 
 
 def test_fcn_upsampling_starts_as_bilinear_interpolation():
-    up = seg._bilinear_upsample(2, 4)
+    up = seg.bilinear_upsample(2, 4)
     x = torch.rand(1, 2, 6, 6)
     ours = up(x)
     ref = F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)

@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from coursekit import weights
+from coursekit.data.shapes import single_shapes
 
 
 def test_offline_is_detected_at_once(monkeypatch):
@@ -44,7 +45,7 @@ def test_offline_backbone_learned_its_source_task(monkeypatch):
     monkeypatch.setenv("COURSEKIT_OFFLINE", "1")
     model, _ = weights.resnet18_backbone(verbose=False)
     model.eval()
-    images, labels = weights._source_batch(weights.source_data(256, seed=12345), 0, 256)
+    images, labels = weights._source_batch(single_shapes(256, seed=12345), 0, 256)
     accuracy = (model(images).argmax(1) == labels).float().mean().item()
     assert accuracy > 0.6, accuracy  # measured 0.83
 
@@ -73,3 +74,11 @@ def test_smp_encoder_weights_offline(capsys, monkeypatch):
     assert weights.smp_encoder_weights() is None
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("coursekit: offline")
+
+
+def test_pretraining_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    weights.pretrain_resnet18(steps=1, batch_size=2, image_size=32, progress=False)
+    assert torch.equal(torch.rand(3), expected)  # no reseeding: a notebook's draws do not depend on the cache

@@ -7,13 +7,16 @@
 - Real, online: :func:`penn_fudan`, :func:`oxford_pet`, :func:`voc_detection`, :func:`voc_segmentation`;
   offline they raise :class:`OfflineError` naming the generated alternative.
 - Between dataset and model: :func:`collate` (detection batches), :func:`hflip` and
-  :class:`RandomHorizontalFlip`.
+  :class:`RandomHorizontalFlip`; :class:`SegmentationSet` (rendered ``(image, mask)`` pairs),
+  :class:`HeatmapDataset` (keypoints -> heatmap targets), :class:`CocoKeypoints` (real people, never downloaded).
+- Targets and detections: the TypedDicts :class:`Target` and :class:`Detection` (:mod:`coursekit.data.targets`).
 
 Pixel convention: pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``; boxes are float xyxy with
 ``x2 = last column + 1``; keypoints are (x, y) in the same continuous coordinates.
 """
 
 from coursekit.data.digits import DIGIT_SPLITS, DigitScenes
+from coursekit.data.keypoints import CocoKeypoints, HeatmapDataset
 from coursekit.data.real import (
     IGNORE_INDEX,
     VOC_CLASSES,
@@ -25,13 +28,15 @@ from coursekit.data.real import (
     voc_segmentation,
 )
 from coursekit.data.samples import SAMPLE_IMAGES, digits, lfw_faces, sample_image
-from coursekit.data.shapes import SHAPE_KINDS, Shapes
+from coursekit.data.segmentation import SegmentationSet
+from coursekit.data.shapes import SHAPE_KINDS, Shapes, single_shapes
 from coursekit.data.stick_figures import FLIP_PAIRS, KEYPOINTS, SKELETON, StickFigures
 from coursekit.data.transforms import RandomHorizontalFlip, collate, hflip
 
 __all__ = [
     "Shapes",
     "SHAPE_KINDS",
+    "single_shapes",
     "DigitScenes",
     "DIGIT_SPLITS",
     "StickFigures",
@@ -53,4 +58,7 @@ __all__ = [
     "collate",
     "hflip",
     "RandomHorizontalFlip",
+    "SegmentationSet",
+    "HeatmapDataset",
+    "CocoKeypoints",
 ]

@@ -11,7 +11,6 @@ Notebooks 05 (VOC), 06 (Pet, VOC segmentation), 07 (Penn-Fudan).
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from coursekit.data._render import boxes_from_masks
-from coursekit.runtime import is_offline
+from coursekit.runtime import is_offline, is_reachable
 
 __all__ = [
     "OfflineError",
@@ -56,24 +55,6 @@ class OfflineError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- download guard
-def _reachable(url: str, timeout: float = _PROBE_TIMEOUT) -> bool:
-    """Can we open a TCP connection to the host of ``url``? In a thread: a hanging DNS lookup cannot block."""
-    parsed = urlparse(url)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-                ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(ok)
-
-
 def _online(dataset: str, url: str, alternative: str, download: Callable[[], T]) -> T:
     """Run ``download()``; turn every way of being offline into one ``OfflineError``."""
 
@@ -83,7 +64,8 @@ def _online(dataset: str, url: str, alternative: str, download: Callable[[], T])
 
     if is_offline():
         raise error("COURSEKIT_OFFLINE is set")
-    if not _reachable(url):
+    parsed = urlparse(url)
+    if not is_reachable(parsed.hostname or "", parsed.port or 443, _PROBE_TIMEOUT):
         raise error("its server cannot be reached")
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT)  # restored below: only this download is affected

@@ -25,7 +25,7 @@ from coursekit.data._render import (
     random_colour,
 )
 
-__all__ = ["Shapes", "SHAPE_KINDS"]
+__all__ = ["Shapes", "SHAPE_KINDS", "single_shapes"]
 
 SHAPE_KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon", "cross")
 _STAR_INNER = 0.45  # inner / outer radius of the 5-pointed star
@@ -181,3 +181,18 @@ class Shapes(SceneDataset):
                 f"objects={self.min_objects}..{self.max_objects}, "
                 f"classes={self.CLASSES[1:]}, size={self.min_size}..{self.max_size}, seed={self.seed}, "
                 f"background={self.background!r})")
+
+
+# The offline backbone's source task (coursekit.weights): changing these changes its weights (bump its version).
+_SINGLE_SHAPE_SIZE = (10, 24)  # min, max side of the shape in pixels, at 32 px images
+_SINGLE_SHAPE_IMAGE = 32
+
+
+def single_shapes(n: int, image_size: int = _SINGLE_SHAPE_IMAGE, seed: int = 0) -> Shapes:
+    """One shape per scene, on a textured background: "which of the 6 kinds is it?", an ImageNet in
+    miniature. The source task coursekit's offline ResNet-18 is pretrained on (:mod:`coursekit.weights`),
+    and notebook 01's "similar" target task. Object sizes scale with ``image_size``."""
+    low, high = _SINGLE_SHAPE_SIZE
+    scale = image_size / _SINGLE_SHAPE_IMAGE
+    return Shapes(n=n, image_size=image_size, min_objects=1, max_objects=1,
+                  min_size=max(6, round(low * scale)), max_size=round(high * scale), seed=seed)

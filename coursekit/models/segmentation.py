@@ -36,6 +36,7 @@ __all__ = [
     "ASPP",
     "DeepLab",
     "bilinear_kernel",
+    "bilinear_upsample",
     "dilated_stack",
     "smp_unet",
     "smp_deeplabv3plus",
@@ -99,7 +100,7 @@ def bilinear_kernel(factor: int) -> Tensor:
     return tent[:, None] * tent[None, :]
 
 
-def _bilinear_upsample(channels: int, factor: int) -> nn.ConvTranspose2d:
+def bilinear_upsample(channels: int, factor: int) -> nn.ConvTranspose2d:
     """A learnable x``factor`` upsampling ``[B, C, H, W] -> [B, C, fH, fW]`` that starts as bilinear
     (each channel upsampled on its own: the off-diagonal filters start at zero)."""
     if factor % 2 and factor != 1:
@@ -226,11 +227,11 @@ class FCN(nn.Module):
         skips = {32: (), 16: (3,), 8: (3, 2)}[variant]  # indices of pool4, pool3 in the encoder's output
         self.skip_index = skips
         self.score_skips = nn.ModuleList([nn.Conv2d(widths[i], num_classes, 1) for i in skips])
-        self.up2 = nn.ModuleList([_bilinear_upsample(num_classes, 2) for _ in skips])
+        self.up2 = nn.ModuleList([bilinear_upsample(num_classes, 2) for _ in skips])
         for conv in self.score_skips:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
-        self.up_final = _bilinear_upsample(num_classes, variant)
+        self.up_final = bilinear_upsample(num_classes, variant)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x, 32, f"FCN-{self.variant}s")
