@@ -194,3 +194,99 @@ def test_nt_xent_obvious_reference_and_options():
         nt_xent_loss(torch.zeros(1, 3), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="tau"):
         nt_xent_loss(z1, z2, tau=0.0)
+
+
+# ---------------------------------------------------------------------------------------- metric learning (notebook 10)
+def _obvious_contrastive(x1, x2, y, m):
+    """Deck 003's formula, one pair at a time."""
+    out = []
+    for a, b, t in zip(x1, x2, y):
+        a, b = a / a.norm(), b / b.norm()
+        d2 = float(((a - b) ** 2).sum())
+        out.append(t * d2 + (1 - t) * max(0.0, m - d2))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("margin", [0.5, 1.0, 2.0])
+def test_contrastive_loss_is_deck_003s_formula(margin):
+    from coursekit.losses import contrastive_loss
+
+    g = torch.Generator().manual_seed(7)
+    x1, x2 = torch.randn(30, 8, generator=g, dtype=torch.float64), torch.randn(30, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (30,), generator=g)
+    ours = contrastive_loss(x1, x2, y, margin, reduction="none")
+    assert torch.allclose(ours, _obvious_contrastive(x1, x2, y.tolist(), margin), atol=1e-12)
+    assert torch.isclose(contrastive_loss(x1, x2, y, margin), ours.mean())
+    assert torch.isclose(contrastive_loss(x1, x2, y, margin, reduction="sum"), ours.sum())
+
+
+@pytest.mark.parametrize("margin", [0.3, 1.0, 1.5])
+def test_contrastive_loss_matches_pytorch_metric_learning(margin):
+    # Same terms with a squared distance and pos_margin 0; pml averages positive and negative pairs apart.
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.losses import ContrastiveLoss
+    from pytorch_metric_learning.reducers import MeanReducer
+
+    from coursekit.losses import contrastive_loss
+
+    g = torch.Generator().manual_seed(int(margin * 10))
+    n = 40
+    x1, x2 = torch.randn(n, 16, generator=g, dtype=torch.float64), torch.randn(n, 16, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (n,), generator=g)
+    i, pos, neg = torch.arange(n), y == 1, y == 0
+    ref_fn = ContrastiveLoss(pos_margin=0, neg_margin=margin, distance=LpDistance(power=2), reducer=MeanReducer())
+    ref = ref_fn(torch.cat([x1, x2]), torch.arange(2 * n), (i[pos], n + i[pos], i[neg], n + i[neg]))
+    terms = contrastive_loss(x1, x2, y, margin, reduction="none")
+    assert torch.isclose(terms[pos].mean() + terms[neg].mean(), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("margin", [0.01, 0.2, 1.0])  # torch rejects margin 0
+@pytest.mark.parametrize("n, d", [(1, 4), (25, 16), (64, 128)])
+def test_triplet_loss_matches_torch(margin, n, d):
+    from coursekit.losses import triplet_loss
+
+    g = torch.Generator().manual_seed(n + d)
+    a, p, q = (torch.randn(n, d, generator=g) for _ in range(3))
+    leaves = [t.clone().requires_grad_(True) for t in (a, p, q)]
+    ours = triplet_loss(*leaves, margin=margin)
+    ref_leaves = [t.clone().requires_grad_(True) for t in (a, p, q)]
+    ref = F.triplet_margin_loss(*ref_leaves, margin=margin)  # adds eps=1e-6 inside the norm
+    assert torch.allclose(ours, ref, atol=1e-5)
+    ours.backward()
+    ref.backward()
+    for mine, theirs in zip(leaves, ref_leaves):
+        assert torch.allclose(mine.grad, theirs.grad, atol=1e-4)
+
+
+def test_triplet_loss_matches_pytorch_metric_learning_on_normalised_embeddings():
+    from pytorch_metric_learning.losses import TripletMarginLoss
+    from pytorch_metric_learning.reducers import MeanReducer
+
+    from coursekit.losses import triplet_loss
+
+    g = torch.Generator().manual_seed(3)
+    a, p, q = (F.normalize(torch.randn(50, 32, generator=g, dtype=torch.float64), dim=1) for _ in range(3))
+    idx = (torch.arange(50), torch.arange(50, 100), torch.arange(100, 150))
+    ref = TripletMarginLoss(margin=0.2, reducer=MeanReducer())(torch.cat([a, p, q]), torch.arange(150), idx)
+    assert torch.isclose(triplet_loss(a, p, q, 0.2), ref, atol=1e-10)
+    # FaceNet's squared distances, by hand
+    sq = ((a - p) ** 2).sum(1) - ((a - q) ** 2).sum(1) + 0.2
+    assert torch.allclose(triplet_loss(a, p, q, 0.2, squared=True, reduction="none"), sq.clamp(min=0))
+
+
+def test_metric_losses_reject_bad_input():
+    from coursekit.losses import contrastive_loss, triplet_loss
+
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        contrastive_loss(x, torch.randn(5, 3), torch.ones(4))
+    with pytest.raises(ValueError, match="pair labels"):
+        contrastive_loss(x, x, torch.ones(3))
+    with pytest.raises(ValueError, match="margin"):
+        contrastive_loss(x, x, torch.ones(4), margin=0)
+    with pytest.raises(ValueError, match="one shape"):
+        triplet_loss(x, x, torch.randn(4, 2))
+    with pytest.raises(ValueError, match="margin"):
+        triplet_loss(x, x, x, margin=-1)
+    with pytest.raises(ValueError, match="reduction"):
+        triplet_loss(x, x, x, reduction="avg")
