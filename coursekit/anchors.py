@@ -6,7 +6,8 @@ from scratch and equals its torchvision counterpart (``tests/test_anchors.py`` c
 - :func:`generate_anchors`: ``AnchorGenerator`` (Faster R-CNN / RetinaNet), :func:`ssd_default_boxes`:
   ``DefaultBoxGenerator`` (SSD). Both return xyxy boxes in image pixels.
 - :func:`match_anchors`: ``Matcher``: each anchor gets a ground-truth index, background or ignore.
-- :func:`encode` / :func:`decode`: the R-CNN box deltas of ``BoxCoder`` (via :mod:`coursekit.boxes`).
+- The R-CNN box deltas of ``BoxCoder`` (an anchor moved onto its object) are
+  :func:`coursekit.boxes.encode_boxes` / :func:`coursekit.boxes.decode_boxes`.
 - :func:`hard_negative_mining` (SSD's loss) and :func:`sample_balanced` (``BalancedPositiveNegativeSampler``,
   the RPN's 256 anchors per image): two answers to "99% of the anchors are background".
 """
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from coursekit.boxes import box_iou, check_boxes, decode_boxes, encode_boxes
+from coursekit.boxes import box_iou, check_boxes
 
 __all__ = [
     "BACKGROUND",
@@ -29,16 +30,12 @@ __all__ = [
     "ssd_default_boxes",
     "match_anchors",
     "labels_from_matches",
-    "encode",
-    "decode",
     "hard_negative_mining",
     "sample_balanced",
 ]
 
 BACKGROUND = -1  # match_anchors: the anchor overlaps no object enough (IoU < low)
 IGNORE = -2  # match_anchors: ambiguous (low <= IoU < high); it takes no part in the loss
-
-_DEFAULT_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------- generation
@@ -210,27 +207,6 @@ def labels_from_matches(matches: Tensor) -> Tensor:
     """Matches of :func:`match_anchors` -> sampler labels (int64): 1 object, 0 background, -1 ignore."""
     labels = (matches >= 0).long()
     return labels.masked_fill(matches == IGNORE, -1)
-
-
-def encode(
-    gt_boxes: Tensor, anchors: Tensor, weights: tuple[float, float, float, float] = _DEFAULT_WEIGHTS
-) -> Tensor:
-    """Regression targets ``(dx, dy, dw, dh)`` moving each anchor onto its matched box. -> ``Tensor[A, 4]``.
-
-    ``gt_boxes[i]`` is the box matched to ``anchors[i]`` (index with :func:`match_anchors`'s result).
-    Thin wrapper of :func:`coursekit.boxes.encode_boxes` (= ``BoxCoder(weights).encode_single``);
-    Faster R-CNN's box head uses ``weights=(10, 10, 5, 5)``, the RPN ``(1, 1, 1, 1)``.
-    """
-    return encode_boxes(gt_boxes, anchors, weights)
-
-
-def decode(
-    deltas: Tensor, anchors: Tensor, weights: tuple[float, float, float, float] = _DEFAULT_WEIGHTS
-) -> Tensor:
-    """Apply predicted ``deltas`` (Tensor[A, 4]) to ``anchors`` (Tensor[A, 4] xyxy): the inverse of
-    :func:`encode`. -> ``Tensor[A, 4]`` xyxy.
-    Wraps :func:`coursekit.boxes.decode_boxes` (= ``BoxCoder.decode_single``)."""
-    return decode_boxes(deltas, anchors, weights)
 
 
 # ------------------------------------------------------------------------------------- imbalance

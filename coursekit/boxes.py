@@ -24,6 +24,7 @@ __all__ = [
     "FORMATS",
     "box_convert",
     "box_area",
+    "box_inter_union",
     "box_iou",
     "paired_box_iou",
     "generalized_box_iou",
@@ -101,8 +102,10 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def _box_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
-    """Pairwise intersection and union areas, each Tensor[N, M]. Inputs are already checked."""
+def box_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection and union areas of every pair: xyxy Tensor[N, 4] x Tensor[M, 4] -> (Tensor[N, M],
+    Tensor[N, M]). Unchecked (the callers check): the one place box overlap is computed; :func:`box_iou`,
+    :func:`generalized_box_iou` and COCO's crowd rule (:mod:`coursekit.metrics.detection`) build on it."""
     area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
@@ -119,7 +122,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
-    inter, union = _box_inter_union(boxes1, boxes2)
+    inter, union = box_inter_union(boxes1, boxes2)
     return inter / union
 
 
@@ -144,7 +147,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
-    inter, union = _box_inter_union(boxes1, boxes2)
+    inter, union = box_inter_union(boxes1, boxes2)
     iou = inter / union
     hull_tl = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
     hull_br = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
@@ -205,12 +208,12 @@ def _nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
         alive = ~suppressed[start:end]
         if not alive.any():
             continue
-        inter, union = _box_inter_union(boxes[start:end], boxes[start:end])
+        inter, union = box_inter_union(boxes[start:end], boxes[start:end])
         keep[start:end] = _greedy_keep(inter / union, iou_threshold, alive)
         rest = end + (~suppressed[end:]).nonzero().flatten()  # later boxes still in play
         winners = keep[start:end].nonzero().flatten() + start
         if len(rest) and len(winners):
-            inter, union = _box_inter_union(boxes[winners], boxes[rest])
+            inter, union = box_inter_union(boxes[winners], boxes[rest])
             # NaN IoU (two empty boxes) compares False: it never suppresses
             suppressed[rest] = ((inter / union) > iou_threshold).any(dim=0)
     return keep

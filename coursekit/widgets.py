@@ -21,10 +21,10 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-import torchvision.ops
 from matplotlib.axes import Axes
 from torch import Tensor
 
+from coursekit.boxes import box_convert, paired_box_iou
 from coursekit.viz import draw_boxes, figure_to_png, in_notebook, show_image, to_numpy_image
 
 __all__ = ["SliderPlot", "slider_plot", "box_regression_metrics", "box_iou_widget", "image_picker"]
@@ -170,13 +170,8 @@ BoxFmt = Literal["cxcywh", "xywh"]
 _BOX_FORMATS: tuple[str, ...] = ("cxcywh", "xywh")
 
 
-def _box_iou(a_xyxy: Tensor, b_xyxy: Tensor) -> float:
-    # The one IoU call of this module (coursekit.boxes.box_iou may take its place later).
-    return float(torchvision.ops.box_iou(a_xyxy[None], b_xyxy[None])[0, 0])
-
-
 def _to_xyxy(box: Tensor, fmt: str) -> Tensor:
-    return torchvision.ops.box_convert(box[None], fmt, "xyxy")[0]
+    return box_convert(box[None], fmt, "xyxy")[0]
 
 
 def box_regression_metrics(
@@ -199,7 +194,7 @@ def box_regression_metrics(
         if box[2] < 0 or box[3] < 0:
             raise ValueError(f"{name} = {box.tolist()} has a negative width or height; boxes are {fmt}")
     return {
-        "iou": _box_iou(_to_xyxy(gt, fmt), _to_xyxy(pred, fmt)),
+        "iou": float(paired_box_iou(_to_xyxy(gt, fmt), _to_xyxy(pred, fmt))),
         "l1": float(F.l1_loss(pred, gt, reduction="sum")),
         "l2": float(F.mse_loss(pred, gt, reduction="sum")),
         "smooth_l1": float(F.smooth_l1_loss(pred, gt, reduction="sum", beta=1.0)),

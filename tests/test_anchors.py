@@ -14,8 +14,6 @@ from torchvision.ops import box_iou
 from coursekit.anchors import (
     BACKGROUND,
     IGNORE,
-    decode,
-    encode,
     generate_anchors,
     hard_negative_mining,
     labels_from_matches,
@@ -23,6 +21,7 @@ from coursekit.anchors import (
     sample_balanced,
     ssd_default_boxes,
 )
+from coursekit.boxes import decode_boxes, encode_boxes
 
 
 def _torchvision_anchors(generator, feature_sizes, image_size):
@@ -133,11 +132,11 @@ def test_encode_decode_match_box_coder(weights):
     g = torch.Generator().manual_seed(1)
     anchors, gt = _random_boxes(g, 50), _random_boxes(g, 50)
     coder = BoxCoder(weights)
-    deltas = encode(gt, anchors, weights)
+    deltas = encode_boxes(gt, anchors, weights)
     assert torch.allclose(deltas, coder.encode_single(gt, anchors), atol=1e-5)
-    assert torch.allclose(decode(deltas, anchors, weights), gt, atol=1e-3)
+    assert torch.allclose(decode_boxes(deltas, anchors, weights), gt, atol=1e-3)
     wild = torch.randn(50, 4, generator=g) * 3
-    assert torch.allclose(decode(wild, anchors, weights), coder.decode_single(wild, anchors), atol=1e-3)
+    assert torch.allclose(decode_boxes(wild, anchors, weights), coder.decode_single(wild, anchors), atol=1e-3)
 
 
 def _torchvision_ssd_classification_loss(cls_logits, labels, ratio):

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from coursekit.boxes import check_boxes
+from coursekit.boxes import box_inter_union, check_boxes
 
 __all__ = [
     "IouType",
@@ -142,11 +142,9 @@ def _box_iou_crowd(det: Tensor, gt: Tensor, crowd: Tensor) -> Tensor:
     No +1 on widths; touching or empty boxes give 0 (not 0/0); for a crowd GT the "union" is the
     detection's own area (a detection inside a crowd region is a perfect match).
     """
+    inter, union = box_inter_union(det, gt)  # (D, G)
     area_d = (det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1])
-    area_g = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])
-    wh = (torch.min(det[:, None, 2:], gt[None, :, 2:]) - torch.max(det[:, None, :2], gt[None, :, :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # (D, G)
-    union = torch.where(crowd[None, :], area_d[:, None], area_d[:, None] + area_g[None, :] - inter)
+    union = torch.where(crowd[None, :], area_d[:, None], union)
     return torch.where(inter > 0, inter / union, torch.zeros_like(inter))
 
 
