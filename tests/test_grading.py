@@ -45,15 +45,16 @@ CELL_TIMEOUT = "3"  # seconds; the endless fixtures cost this much each
 TESTS = ("test_add", "test_iou_basic", "test_iou_overlap")
 HIDDEN = ("assert math.isclose(iou((0, 0, 2, 2), (1, 0, 3, 2)), 1 / 3)", "boxes that only touch")
 
-# submission -> (score, status per test, error of the first test that does not pass)
+# submission -> (score, status per test, error of the first test that does not pass, report status)
 EXPECTED = {
-    "half_solved": (3, ("passed", "passed", "failed"), "AssertionError: half-overlapping boxes: IoU 1/3"),
-    "crash": (5, ("failed", "passed", "passed"), "NameError: name 'add' is not defined"),
-    "infinite_loop": (5, ("failed", "passed", "passed"), "NameError: name 'add' is not defined"),
-    "stubborn_loop": (1, ("passed", "failed", "failed"), "NameError: name 'iou' is not defined"),
-    "kernel_dies": (1, ("passed", "failed", "failed"), "NameError: name 'iou' is not defined"),
-    "tampered": (5, ("failed", "passed", "passed"), "AssertionError"),
-    "deleted_cells": (5, ("failed", "passed", "passed"), "NotImplementedError"),
+    "half_solved": (3, ("passed", "passed", "failed"), "AssertionError: half-overlapping boxes: IoU 1/3", "graded"),
+    "crash": (5, ("failed", "passed", "passed"), "NameError: name 'add' is not defined", "graded"),
+    "infinite_loop": (5, ("failed", "passed", "passed"), "NameError: name 'add' is not defined", "graded"),
+    # these two reach into the interpreter (signal, os._exit): same score as before, and now flagged
+    "stubborn_loop": (1, ("passed", "failed", "failed"), "NameError: name 'iou' is not defined", "flagged"),
+    "kernel_dies": (1, ("passed", "failed", "failed"), "NameError: name 'iou' is not defined", "flagged"),
+    "tampered": (5, ("failed", "passed", "passed"), "AssertionError", "graded"),
+    "deleted_cells": (5, ("failed", "passed", "passed"), "NotImplementedError", "graded"),
 }
 
 
@@ -223,7 +224,9 @@ def graded_class(tmp_path_factory):
     """The fixture submissions plus one file that is not a notebook, graded as a class with the CLI."""
     root = tmp_path_factory.mktemp("class")
     folder = root / "submissions" / "01_toy"
-    shutil.copytree(SUBMISSIONS, folder)
+    for name in EXPECTED:  # the attacks have their own tests (test_grading_attacks.py)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SUBMISSIONS / f"{name}.ipynb", folder)
     (folder / "not_a_notebook.ipynb").write_text('{"cells": [ not json')
     out = root / "grading_out"
     status = main(["grade", str(root / "submissions"), "--solutions", str(SOLUTIONS), "--out", str(out),
@@ -242,8 +245,8 @@ def _cell(report, gid):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_submission_scores_as_expected(graded_class, name):
     report = _report(graded_class, name)
-    score, statuses, first_error = EXPECTED[name]
-    assert (report.score, report.max_score, report.status) == (score, 6, "graded")
+    score, statuses, first_error, status = EXPECTED[name]
+    assert (report.score, report.max_score, report.status) == (score, 6, status)
     assert tuple(t.status for t in report.tests) == statuses
     assert next(t.error for t in report.tests if t.status != "passed") == first_error
     # Students see one line per problem, never a traceback (nor the hidden tests' code).
@@ -256,7 +259,7 @@ def test_what_went_wrong_is_reported_per_cell(graded_class):
     assert "ModuleNotFoundError" in _cell(_report(graded_class, "crash"), "add").error
     assert _cell(_report(graded_class, "infinite_loop"), "add").status == "timeout"
     stubborn = _report(graded_class, "stubborn_loop")
-    assert _cell(stubborn, "iou").status == "timeout" and "restarted 1 time" in stubborn.notes[-1]
+    assert _cell(stubborn, "iou").status == "timeout" and any("restarted 1 time" in n for n in stubborn.notes)
     assert _cell(_report(graded_class, "kernel_dies"), "iou").error.startswith("DeadKernelError")
     assert _cell(_report(graded_class, "deleted_cells"), "add").status == "missing"
     assert "not run" in _report(graded_class, "half_solved").notes[0]  # the cell the student added
@@ -267,10 +270,10 @@ def test_class_csv_has_one_row_per_submission(graded_class):
     assert status == 1  # one submission could not be graded; it still gets its row
     with (out / "grades.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["student", "assignment", "status", *TESTS, "total", "max_total"]
+    assert list(rows[0]) == ["student", "assignment", "status", *TESTS, "total", "max_total", "flags"]
     by_student = {row["student"]: row for row in rows}
     assert set(by_student) == {f"01_toy/{name}" for name in [*EXPECTED, "not_a_notebook"]}
-    for name, (score, _, _) in EXPECTED.items():
+    for name, (score, *_) in EXPECTED.items():
         assert float(by_student[f"01_toy/{name}"]["total"]) == score
     broken = by_student["01_toy/not_a_notebook"]
     assert (broken["status"], broken["total"], broken["max_total"]) == ("invalid", "0", "6")
@@ -283,7 +286,7 @@ def test_write_csv_leaves_tests_of_other_assignments_empty(graded_class, tmp_pat
     other.student, other.assignment, other.tests = "bob", "02_other", []
     with write_csv([report, other], tmp_path / "g.csv").open() as f:
         rows = list(csv.reader(f))
-    assert rows[1][3:] == ["0", "2", "3", "5", "6"] and rows[2][3:6] == ["", "", ""]
+    assert rows[1][3:] == ["0", "2", "3", "5", "6", ""] and rows[2][3:6] == ["", "", ""]
 
 
 # --------------------------------------------------------------------------- command-line errors

@@ -21,16 +21,20 @@ from coursekit.grading.build import (
     read_notebook,
     validate_solution,
 )
+from coursekit.grading.expect import expect
 from coursekit.grading.grade import (
     CellResult,
     GradeReport,
     TestResult,
     assemble_notebook,
     find_solution,
+    forbidden_apis,
     grade_folder,
     grade_notebook,
+    reference_values,
 )
-from coursekit.grading.report import read_report, report_dict, write_csv, write_json, write_reports
+from coursekit.grading.report import read_report, report_dict, write_csv, write_gradebook, write_json, write_reports
+from coursekit.grading.sandbox import Limits, resolve_sandbox
 
 __all__ = [
     "COURSE_REPO",
@@ -41,15 +45,21 @@ __all__ = [
     "build_assignments",
     "build_student_notebook",
     "check_up_to_date",
+    "expect",
     "find_solution",
+    "forbidden_apis",
     "grade_folder",
     "grade_notebook",
+    "Limits",
     "leaked_lines",
     "read_notebook",
     "read_report",
+    "reference_values",
+    "resolve_sandbox",
     "report_dict",
     "validate_solution",
     "write_csv",
+    "write_gradebook",
     "write_json",
     "write_reports",
 ]

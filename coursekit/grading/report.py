@@ -15,10 +15,12 @@ from pathlib import Path
 
 from coursekit.grading.grade import CellResult, GradeReport, TestResult
 
-__all__ = ["CSV_NAME", "read_report", "report_dict", "report_path", "write_csv", "write_json", "write_reports"]
+__all__ = ["CSV_NAME", "GRADEBOOK_NAME", "read_report", "report_dict", "report_path", "write_csv", "write_gradebook",
+           "write_json", "write_reports"]
 
 CSV_NAME = "grades.csv"
-REPORT_VERSION = 1  # bump when the JSON layout changes
+GRADEBOOK_NAME = "gradebook_canvas.csv"
+REPORT_VERSION = 2  # bump when the JSON layout changes (2: flags, isolation, hidden tests)
 
 
 def report_dict(report: GradeReport) -> dict:
@@ -55,7 +57,10 @@ def _points(value: float) -> str:
 
 
 def write_csv(reports: list[GradeReport], path: str | Path) -> Path:
-    """One row per student: ``student, assignment, status, <one column per test id>, total, max_total``.
+    """One row per student: ``student, assignment, status, <one column per test id>, total, max_total, flags``.
+
+    ``status`` is ``graded``, ``invalid`` (not graded, see the notes) or ``flagged`` (the ``flags`` column
+    says what the grader saw: a tampered kernel, an answer reaching into the kernel's machinery).
 
     Test columns follow the solution's order (first appearance across reports); a test that does not
     belong to a row's assignment is left empty.
@@ -67,11 +72,38 @@ def write_csv(reports: list[GradeReport], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "assignment", "status", *test_ids, "total", "max_total"])
+        writer.writerow(["student", "assignment", "status", *test_ids, "total", "max_total", "flags"])
         for r in reports:
             points = {t.grade_id: _points(t.points) for t in r.tests}
             writer.writerow([r.student, r.assignment, r.status, *(points.get(t, "") for t in test_ids),
-                             _points(r.score), _points(r.max_score)])
+                             _points(r.score), _points(r.max_score), " | ".join(r.flags)])
+    return path
+
+
+def write_gradebook(reports: list[GradeReport], path: str | Path) -> Path:
+    """A gradebook Canvas imports (Grades -> Import): one row per student, one column per assignment total.
+
+    Canvas matches rows on ``SIS Login ID`` (here the student's name as graded: use login names for the
+    submission files) and columns on the assignment name; a student with several submissions to one
+    assignment keeps the last one graded.
+    """
+    assignments = sorted({r.assignment for r in reports if r.assignment})
+    students: dict[str, dict[str, str]] = {}
+    for r in reports:
+        login = r.student.split("/")[-1]
+        if r.assignment:
+            students.setdefault(login, {})[r.assignment] = _points(r.score)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", *assignments])
+        points = ["Points Possible", "", "", "", "", *(_points(max((r.max_score for r in reports
+                                                                   if r.assignment == a), default=0))
+                                                       for a in assignments)]
+        writer.writerow(points)
+        for login in sorted(students):
+            writer.writerow([login, "", "", login, "", *(students[login].get(a, "") for a in assignments)])
     return path
 
 
@@ -81,4 +113,5 @@ def write_reports(reports: list[GradeReport], out_dir: str | Path, *, csv_name: 
     paths = [write_json(r, report_path(out_dir, r)) for r in reports]
     if csv_name:
         paths.append(write_csv(reports, Path(out_dir) / csv_name))
+        paths.append(write_gradebook(reports, Path(out_dir) / GRADEBOOK_NAME))
     return paths
