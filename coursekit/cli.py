@@ -5,6 +5,7 @@
     coursekit grade PATH [--solution solutions/NN_name.ipynb] [--out grading_out]
                          [--cell-timeout 60] [--timeout 600]
     coursekit prepare      # compute and cache the offline backbone now, not in the first notebook
+    coursekit prepare --lecture [NN ...] [--retrain]   # also run notebooks in the lecture profile: fill the model cache
 
 Exit status: 0 done; 1 ``check`` found stale or leaking assignments, or ``grade`` met submissions it
 could not grade (they still get a 0 row); 2 bad input (missing file, not a notebook, no solution).
@@ -70,25 +71,56 @@ def _summary(report) -> str:  # a coursekit.grading.GradeReport
 
 def _grade(args: argparse.Namespace) -> int:
     _, grading, reporting = _grading()
-    find_solution, grade_folder, grade_notebook = grading.find_solution, grading.grade_folder, grading.grade_notebook
-    report_path, write_json, write_reports = reporting.report_path, reporting.write_json, reporting.write_reports
+    from coursekit.grading.sandbox import Limits, resolve_sandbox
+
     path = Path(args.path)
-    limits = {"cell_timeout": args.cell_timeout, "timeout": args.timeout, "profile": args.profile}
+    mode, note = resolve_sandbox(args.sandbox)
+    if note:
+        print(f"coursekit: {note}", file=sys.stderr)
+    limits = Limits(memory_bytes=int(args.memory_gb * 2**30), processes=args.max_processes)
+    options = {"cell_timeout": args.cell_timeout, "timeout": args.timeout, "profile": args.profile,
+               "sandbox": args.sandbox, "limits": limits}
     if path.is_dir():
-        reports = grade_folder(path, args.solution, solutions_dir=args.solutions, **limits)
+        reports = grading.grade_folder(path, args.solution, solutions_dir=args.solutions, jobs=args.jobs,
+                                       student=args.student, progress=True, **options)
         if not reports:
             raise FileNotFoundError(f"no .ipynb files under {path}")
-        files = write_reports(reports, args.out)
+        files = reporting.write_reports(reports, args.out)
     elif path.is_file():
-        solution = args.solution or find_solution(path, args.solutions)
-        reports = [grade_notebook(path, solution, **limits)]
-        files = [write_json(reports[0], report_path(args.out, reports[0]))]
+        solution = args.solution or grading.find_solution(path, args.solutions)
+        reports = [grading.grade_notebook(path, solution, student=args.student, **options)]
+        files = [reporting.write_json(reports[0], reporting.report_path(args.out, reports[0]))]
     else:
         raise FileNotFoundError(f"no submission at {path}: give a notebook or a folder of notebooks")
     for report in reports:
         print(_summary(report))
     print(f"reports: {', '.join(str(f) for f in files)}" if len(files) < 4 else f"reports in {args.out}/")
+    flagged = [r.student for r in reports if r.status == "flagged"]
+    if flagged:
+        print(f"FLAGGED for the instructor ({len(flagged)}): {', '.join(flagged)} (see the flags column of "
+              f"{args.out}/grades.csv)", file=sys.stderr)
     return 1 if any(r.status == "invalid" for r in reports) else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    _grading()
+    from coursekit.grading.grade import find_solution
+    from coursekit.grading.gradescope import export_gradescope
+
+    for name in args.gradescope:
+        solution = find_solution(f"{name}.ipynb", args.solutions)
+        out = export_gradescope(solution, Path(args.out) / f"gradescope_{solution.stem}.zip", sandbox=args.sandbox)
+        print(f"wrote {out}")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    _grading()
+    from coursekit.grading.publish import publish_course
+
+    written = publish_course(args.out, root=args.root)
+    print(f"published {', '.join(p.name for p in written)} to {args.out} (no solutions/, no tests/)")
+    return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -102,6 +134,10 @@ def _prepare(args: argparse.Namespace) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     weights.coursekit_resnet18(verbose=True)
     print(f"offline backbone ready: {weights._checkpoint_path()}")
+    if args.lecture is not None:  # the night before a lecture: train every model once (coursekit.model_cache)
+        from coursekit.model_cache import prepare_lecture
+
+        return prepare_lecture(args.lecture, retrain=args.retrain, notebooks_dir=args.notebooks)
     return 0
 
 
@@ -137,13 +173,42 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"seconds per cell (default: {DEFAULT_CELL_TIMEOUT_S:g})")
     grade.add_argument("--timeout", type=_positive, default=DEFAULT_TIMEOUT_S,
                        help=f"seconds per submission (default: {DEFAULT_TIMEOUT_S:g})")
+    grade.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto",
+                       help="isolate each kernel with bubblewrap (auto: when installed; none: limits only)")
+    grade.add_argument("--jobs", type=int, default=1, help="submissions graded at once (default: 1)")
+    grade.add_argument("--student", help="grade (or regrade) only this student's submission")
+    grade.add_argument("--memory-gb", type=float, default=6.0, help="memory limit per kernel (default: 6)")
+    grade.add_argument("--max-processes", type=int, default=256,
+                       help="processes and threads per kernel (default: 256)")
     grade.add_argument("--profile", choices=("fast", "lecture"), default="fast",
                        help="COURSEKIT_PROFILE in the grading kernel (default: fast)")
     grade.set_defaults(func=_grade)
 
+    export = actions.add_parser("export", help="an autograder zip for Gradescope",
+                                description="Write gradescope_NN_name.zip (setup.sh, run_autograder, the "
+                                "grader's copy of the tests and reference values) for each assignment.")
+    export.add_argument("--gradescope", nargs="+", required=True, metavar="NN", help="assignments, e.g. 01_boxes")
+    export.add_argument("--solutions", default="solutions", help="instructor notebooks (default: solutions)")
+    export.add_argument("--out", default="grading_out", help="folder for the zips (default: grading_out)")
+    export.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="auto")
+    export.set_defaults(func=_export)
+
+    publish = commands.add_parser("publish", help="copy the student-facing course, without solutions/ and tests/",
+                                  description="Copy notebooks, assignments and the package into a new folder "
+                                  "for the public repository; refuses if anything shows solution text.")
+    publish.add_argument("out", help="a new folder")
+    publish.add_argument("--root", default=".", help="the instructor's course (default: .)")
+    publish.set_defaults(func=_publish)
+
     prepare = commands.add_parser("prepare", help="compute and cache the offline backbone (before a lecture or CI)",
                                   description="Pretrain coursekit's ResNet-18 on Shapes once (1-3 min on a CPU) "
                                   "and cache it, so that no notebook has to wait for it offline.")
+    prepare.add_argument("--lecture", nargs="*", metavar="NN",
+                         help="then run these notebooks (default: all) in the lecture profile, so that every model "
+                         "they train is cached; prints what was trained and how long it took")
+    prepare.add_argument("--retrain", action="store_true",
+                         help="with --lecture: train every model live (RETRAIN = True) and replace the cached copies")
+    prepare.add_argument("--notebooks", default="notebooks", help="the lecture notebooks' folder (default: notebooks)")
     prepare.set_defaults(func=_prepare)
     return parser
 
