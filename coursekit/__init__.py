@@ -27,6 +27,7 @@ module              what it holds (the notebook that teaches it)
 ``dip``             Deep Image Prior fitting loop and task losses (09)
 ``models``          the course's networks, one file per family
 ``train``           ``Trainer`` / ``fit``: progress bar, callbacks, AMP, checkpoints
+``model_cache``     ``ModelCache``: lecture-profile trainings saved once, loaded next time
 ``viz``, ``widgets``  drawing and ipywidgets
 ``grading``         assignment builder and autograder (``coursekit`` command)
 ==================  ==========================================================================
@@ -44,15 +45,17 @@ __version__ = "0.1.0"
 _MODULES = (
     "anchors", "benchmark", "boxes", "course", "data", "detection", "dip", "grading", "instance_segmentation",
     "localization", "losses", "metrics",
-    "models", "ops", "pose", "proposals", "receptive_field", "runtime", "segmentation", "sliding", "train",
-    "transfer", "viz", "weights", "widgets",
+    "model_cache", "models", "ops", "pose", "proposals", "receptive_field", "runtime", "segmentation", "sliding",
+    "train", "transfer", "viz", "weights", "widgets",
 )
 
-__all__ = ["device", "seed_everything", "is_offline", "resolve_profile", "__version__", *_MODULES]
+__all__ = ["device", "seed_everything", "is_offline", "resolve_profile", "ModelCache", "__version__", *_MODULES]
 
 
 def __getattr__(name: str) -> Any:
     # Load a submodule on first use: `ck.metrics` works without importing everything up front.
+    if name == "ModelCache":  # trained models cached for the lecture (coursekit.model_cache)
+        return importlib.import_module("coursekit.model_cache").ModelCache
     if name in _MODULES:
         return importlib.import_module(f"coursekit.{name}")
     raise AttributeError(f"module 'coursekit' has no attribute {name!r}")

@@ -393,15 +393,18 @@ def _smp_model(cls_name: str, num_classes: int, pretrained: bool, encoder: str, 
     # quiet here: offline, load_backbone_weights prints the one line saying what we fell back to
     weights = smp_encoder_weights(verbose=False) if pretrained else None
     net = getattr(smp, cls_name)(encoder_name=encoder, encoder_weights=weights, classes=num_classes, **kw)
+    source = weights or ("random" if not pretrained else None)
     if pretrained and weights is None:
         if encoder != "resnet18":
             raise ValueError(f"offline, only encoder='resnet18' has pretrained weights (coursekit's); got {encoder!r}")
         # through a torchvision ResNet-18: smp's encoder.load_state_dict returns None, so
         # load_backbone_weights cannot check the keys on it; the strict load below does
         resnet = resnet18(weights=None)
-        load_backbone_weights(resnet, verbose=verbose)
+        source = load_backbone_weights(resnet, verbose=verbose)
         net.encoder.load_state_dict({k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")})
-    return _ImageNetInput(net)
+    model = _ImageNetInput(net)
+    model.weights_source = source  # where the encoder's weights came from (part of coursekit.model_cache's key)
+    return model
 
 
 def smp_unet(num_classes: int, pretrained: bool = True, encoder: str = "resnet18", verbose: bool = True) -> nn.Module:
