@@ -25,6 +25,8 @@ module              what it holds (the notebook that teaches it)
 ``receptive_field`` receptive-field arithmetic, measured too (05)
 ``pose``            heatmap targets and decoding, keypoint augmentation (08)
 ``dip``             Deep Image Prior fitting loop and task losses (09)
+``retrieval``       embeddings: P x K sampling, triplet mining, exact and faiss search (10)
+``tracking``        SiamFC training pairs and tracker, template-matching baseline (10)
 ``models``          the course's networks, one file per family
 ``train``           ``Trainer`` / ``fit``: progress bar, callbacks, AMP, checkpoints
 ``model_cache``     ``ModelCache``: lecture-profile trainings saved once, loaded next time
@@ -45,8 +47,8 @@ __version__ = "0.1.0"
 _MODULES = (
     "anchors", "benchmark", "boxes", "course", "data", "detection", "dip", "grading", "instance_segmentation",
     "localization", "losses", "metrics",
-    "model_cache", "models", "ops", "pose", "proposals", "receptive_field", "runtime", "segmentation", "sliding",
-    "train", "transfer", "viz", "weights", "widgets",
+    "model_cache", "models", "ops", "pose", "proposals", "receptive_field", "retrieval", "runtime", "segmentation", "sliding",
+    "tracking", "train", "transfer", "viz", "weights", "widgets",
 )
 
 __all__ = ["device", "seed_everything", "is_offline", "resolve_profile", "ModelCache", "__version__", *_MODULES]

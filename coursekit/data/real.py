@@ -34,10 +34,12 @@ __all__ = [
     "oxford_pet",
     "voc_detection",
     "voc_segmentation",
+    "omniglot",
 ]
 
 PENN_FUDAN_URL = "https://www.cis.upenn.edu/~jshi/ped_html/PennFudanPed.zip"
 _PET_URL = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz"
+_OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/images_evaluation.zip"
 _PROBE_TIMEOUT = 3.0  # seconds to reach the server before we call it offline
 _DOWNLOAD_TIMEOUT = 60.0  # per socket operation: urlopen has none and can hang on a dropping network
 IGNORE_INDEX = 255  # "don't care" pixels (object borders) in VOC and Pet masks; pass to cross_entropy
@@ -202,6 +204,29 @@ def oxford_pet(root: str | Path = "data", split: str = "trainval") -> Dataset:
                                        download=download),
     )
     return _Wrapped(data, _pet_item, ("background", "pet"))
+
+
+def _omniglot_item(image: Image.Image, target: Any, index: int) -> tuple[Tensor, int]:
+    return _image_tensor(image), int(target)
+
+
+def omniglot(root: str | Path = "data", background: bool = False) -> Dataset:
+    """Omniglot (Lake et al., 2015): 1,623 handwritten characters of 50 alphabets, 20 drawers each, via
+    ``torchvision.datasets.Omniglot``; the real counterpart of :class:`coursekit.data.Identities`.
+
+    ``background=True``: the 30 alphabets (964 characters) to train on; ``False``: the 20 *other*
+    alphabets (659 characters), identities never seen in training. Item: ``(image Tensor[3, 105, 105],
+    character id int)``, black strokes on white. Downloads ~10 MB into ``root`` unless present.
+    Offline: :class:`OfflineError`. Notebook 10.
+    """
+    from torchvision.datasets import Omniglot
+
+    data = _torchvision(
+        "Omniglot", _OMNIGLOT_URL,
+        "coursekit.data.Identities(split='test') (generated glyph identities)",
+        lambda download: Omniglot(str(root), background=background, download=download),
+    )
+    return _Wrapped(data, _omniglot_item, ())
 
 
 def _voc_url(year: str) -> str:

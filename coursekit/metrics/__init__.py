@@ -5,6 +5,8 @@
 - :mod:`~coursekit.metrics.segmentation`: confusion matrix, per-class IoU, mean IoU (notebook 06).
 - :mod:`~coursekit.metrics.pose`: PCK / PCKh and the PCK curve (notebook 08).
 - :mod:`~coursekit.metrics.image`: PSNR (notebook 09).
+- :mod:`~coursekit.metrics.retrieval`: recall@k and retrieval mAP on held-out identities (notebook 10).
+- :mod:`~coursekit.metrics.tracking`: OTB success plot, AUC and precision (notebook 10).
 """
 
 from coursekit.metrics.detection import (
@@ -18,7 +20,9 @@ from coursekit.metrics.detection import (
 )
 from coursekit.metrics.image import psnr
 from coursekit.metrics.pose import pck, pck_curve
+from coursekit.metrics.retrieval import recall_at_k, retrieval_average_precision, retrieval_map
 from coursekit.metrics.segmentation import confusion_matrix, iou_score, mean_iou
+from coursekit.metrics.tracking import success_auc, success_curve
 
 __all__ = [
     "mean_average_precision",
@@ -34,4 +38,9 @@ __all__ = [
     "pck",
     "pck_curve",
     "psnr",
+    "recall_at_k",
+    "retrieval_map",
+    "retrieval_average_precision",
+    "success_curve",
+    "success_auc",
 ]
