@@ -504,8 +504,10 @@ class Trainer:
     ) -> dict[str, float]:
         sums: dict[str, float] = {}
         n = 0
+        # The bar counts each step once it is done (bar.update below). Iterating tqdm(loader) would count a
+        # step only when the next batch is asked for, so a budget's break left the last one uncounted: the
+        # notebook bar ended red and short ("3/4" after 4 steps).
         bar = tqdm(
-            loader,
             desc=f"epoch {self.epoch + 1}/{last_epoch}",
             total=budget.total(loader, self.global_step),
             disable=not progress,
@@ -513,7 +515,7 @@ class Trainer:
         )
         with bar:
             tick = time.perf_counter()
-            for batch in bar:
+            for batch in loader:
                 logs = self.train_step(batch)
                 # Training time counts data loading and the step, not the callbacks (plots) below.
                 dt = time.perf_counter() - tick
@@ -525,11 +527,15 @@ class Trainer:
                 self.history.steps.append(logs["loss"])
                 # refresh=False: tqdm redraws at its own pace, not once per step (a widget message each).
                 bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", refresh=False)
+                bar.update()
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.global_step, logs)
                 if budget.exhausted(self.global_step):
                     self.stop_training = True
                 if self.stop_training:
+                    # A deliberate stop (time budget, early stopping) is a finished run: the bar ends full
+                    # and green at the steps done, not red as tqdm marks a bar left short.
+                    bar.total = bar.n
                     break
                 tick = time.perf_counter()
         if n == 0:
