@@ -25,17 +25,32 @@ from torch import Tensor
 __all__ = ["benchmark", "Case", "Row", "CASES", "add_case", "ops_table", "format_table"]
 
 
+def _first_tensor(obj) -> Tensor | None:
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
 def _synchronize(args: tuple) -> None:
-    # CUDA runs asynchronously: wait for the queued kernels, or we would time only the launch
-    if any(isinstance(a, Tensor) and a.is_cuda for a in args):
-        torch.cuda.synchronize()
+    # CUDA and MPS run asynchronously: wait for the queued kernels, or we would time only the launch
+    tensor = _first_tensor(args)
+    if tensor is not None and tensor.device.type == "cuda":
+        torch.cuda.synchronize(tensor.device)
+    elif tensor is not None and tensor.device.type == "mps":
+        torch.mps.synchronize()
 
 
 def benchmark(fn: Callable, *args, repeats: int = 20, warmup: int = 2, **kwargs) -> float:
     """Median wall-clock seconds of ``fn(*args, **kwargs)`` over ``repeats`` calls, after ``warmup`` calls.
 
     The median, not the mean, so one call slowed down by another process does not move the result.
-    Runs under ``torch.no_grad()``: this times inference.
+    Runs under ``torch.no_grad()``: this times inference. The one timer of coursekit:
+    :func:`coursekit.train.time_per_image`, the benchmark table and the notebooks' speed tables use it.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -157,11 +172,11 @@ def _batched_nms_inputs(g: torch.Generator) -> tuple:
     return _boxes(g, 1000), torch.rand(1000, generator=g), torch.randint(0, 5, (1000,), generator=g), 0.5
 
 
-def _detections(g: torch.Generator, num_images: int, masks: bool) -> tuple:
-    """Random ground truth and noisy detections (all COCO size ranges); ``masks``: boxes filled in."""
+def _detections(g: torch.Generator, num_images: int, masks: bool, size: int = 256) -> tuple:
+    """Random ground truth and noisy detections in ``size`` px images (all COCO size ranges); ``masks``:
+    boxes filled in, ``[N, size, size]`` each."""
     from coursekit.metrics.detection import _random_detections
 
-    size = 128 if masks else 256
     preds, targets = _random_detections(num_images, 20, 5, int(torch.randint(0, 2**31, (1,), generator=g)), size)
     if masks:
         for entry in preds + targets:
@@ -246,7 +261,9 @@ def _register_course_ops() -> None:
     add_case("mAP boxes, 500 images (vs pycocotools)", _our_map_stats, _coco_map_stats,
              lambda g: _detections(g, 500, masks=False))
     add_case("mAP masks, 100 images 128 px (vs pycocotools)", _our_map_stats, _coco_map_stats,
-             lambda g: _detections(g, 100, masks=True))
+             lambda g: _detections(g, 100, masks=True, size=128))
+    add_case("mAP masks, 50 images 400 px, COCO-like (vs pycocotools)", _our_map_stats, _coco_map_stats,
+             lambda g: _detections(g, 50, masks=True, size=400))
     add_case("roi_pool 256 RoIs [2,64,50,50] -> 7x7", ops.roi_pool, tvo.roi_pool, _roi_inputs)
     add_case("roi_align 256 RoIs [2,64,50,50] -> 7x7", ops.roi_align, tvo.roi_align, _roi_inputs)
     torch_conv_t = lambda x, w, stride, padding: F.conv_transpose2d(

@@ -757,14 +757,6 @@ def unfreeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _sync(device: torch.device) -> None:
-    # CUDA runs asynchronously: without a sync the timer would stop before the GPU has finished.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def time_per_image(
     model: nn.Module,
     images: Tensor | Sequence[Tensor],
@@ -772,17 +764,20 @@ def time_per_image(
     repeats: int = 10,
     warmup: int = 2,
 ) -> float:
-    """Mean seconds of inference per image: ``model(images)`` in eval mode under ``no_grad``.
+    """Seconds of inference per image: ``model(images)`` in eval mode under ``no_grad``, timed with
+    :func:`coursekit.benchmark.benchmark` (the median of ``repeats`` calls, after ``warmup`` calls).
 
     Args:
         images: a batch ``Tensor[B, 3, H, W]``, or a list of ``Tensor[3, H, W]`` (detection models).
         device: default ``coursekit.device()``; the model is moved there (and left there).
         repeats: timed forward passes; ``warmup`` untimed ones run first (cuDNN autotuning, caches).
 
-    Returns ``total_time / (repeats * B)``. The model's train/eval mode is restored afterwards.
+    Returns ``median_time / B``. The model's train/eval mode is restored afterwards.
     Used by every "time per image" table of the course (R-CNN vs Fast vs Faster R-CNN, sliding
     windows vs convolutional OverFeat, ...).
     """
+    from coursekit.benchmark import benchmark
+
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     n = len(images)
@@ -794,15 +789,7 @@ def time_per_image(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for _ in range(warmup):
-                model(images)
-            _sync(dev)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                model(images)
-            _sync(dev)
-            elapsed = time.perf_counter() - start
+        seconds = benchmark(model, images, repeats=repeats, warmup=warmup)
     finally:
         model.train(was_training)
-    return elapsed / (repeats * n)
+    return seconds / n
