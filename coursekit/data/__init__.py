@@ -4,6 +4,8 @@
   instance and semantic masks), :class:`DigitScenes` (real handwritten digits at several scales),
   :class:`StickFigures` (articulated figures with 15 keypoints).
 - Real, offline: :func:`sample_image` (photos), :func:`lfw_faces` (faces / non-faces), :func:`digits`.
+- Generated for notebook 10: :class:`Identities` (glyph identities, disjoint train / test), :class:`Clips`
+  (tracking clips with a box per frame); real: :func:`held_out_digits`, online :func:`omniglot`.
 - Real, online: :func:`penn_fudan`, :func:`oxford_pet`, :func:`voc_detection`, :func:`voc_segmentation`;
   offline they raise :class:`OfflineError` naming the generated alternative.
 - Between dataset and model: :func:`collate` (detection batches), :func:`hflip` and
@@ -15,13 +17,16 @@ Pixel convention: pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``; boxes are
 ``x2 = last column + 1``; keypoints are (x, y) in the same continuous coordinates.
 """
 
+from coursekit.data.clips import Clips
 from coursekit.data.digits import DIGIT_SPLITS, DigitScenes
+from coursekit.data.identities import Identities, held_out_digits
 from coursekit.data.keypoints import CocoKeypoints, HeatmapDataset
 from coursekit.data.real import (
     IGNORE_INDEX,
     VOC_CLASSES,
     OfflineError,
     PennFudan,
+    omniglot,
     oxford_pet,
     penn_fudan,
     voc_detection,
@@ -53,6 +58,10 @@ __all__ = [
     "oxford_pet",
     "voc_detection",
     "voc_segmentation",
+    "omniglot",
+    "Identities",
+    "held_out_digits",
+    "Clips",
     "VOC_CLASSES",
     "IGNORE_INDEX",
     "collate",

@@ -11,13 +11,14 @@ module              what it holds                                               
 ``mask_rcnn``       torchvision's Mask R-CNN for small images, RoI-pooler swap      07
 ``hourglass``       stacked hourglass with intermediate supervision                 08
 ``dip``             the Deep Image Prior encoder-decoder                            09
+``siamese``         embedding net (retrieval), SiamFC (tracking)                    10
 ``blocks``          conv-BN-activation, the TinyDarknet body, input checks          05-09
 ==================  ==============================================================  ========
 
 Networks only: the task code around them (training steps, decoding, evaluation) lives in one module per
-task, ``coursekit/<task>.py`` (``detection``, ``instance_segmentation``, ``segmentation``, ``pose``, ``dip``).
+task, ``coursekit/<task>.py`` (``detection``, ``instance_segmentation``, ``segmentation``, ``pose``, ``dip``, ``retrieval``, ``tracking``).
 """
 
-from coursekit.models import blocks, dip, hourglass, mask_rcnn, overfeat, rcnn, segmentation, ssd, yolo
+from coursekit.models import blocks, dip, hourglass, mask_rcnn, overfeat, rcnn, segmentation, siamese, ssd, yolo
 
-__all__ = ["blocks", "dip", "hourglass", "mask_rcnn", "overfeat", "rcnn", "segmentation", "ssd", "yolo"]
+__all__ = ["blocks", "dip", "hourglass", "mask_rcnn", "overfeat", "rcnn", "segmentation", "siamese", "ssd", "yolo"]
