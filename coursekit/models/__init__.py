@@ -16,7 +16,8 @@ module              what it holds                                               
 ==================  ==============================================================  ========
 
 Networks only: the task code around them (training steps, decoding, evaluation) lives in one module per
-task, ``coursekit/<task>.py`` (``detection``, ``instance_segmentation``, ``segmentation``, ``pose``, ``dip``, ``retrieval``, ``tracking``).
+task, ``coursekit/<task>.py`` (``detection``, ``instance_segmentation``, ``segmentation``, ``pose``, ``dip``,
+``retrieval``, ``tracking``).
 """
 
 from coursekit.models import blocks, dip, hourglass, mask_rcnn, overfeat, rcnn, segmentation, siamese, ssd, yolo
