@@ -176,8 +176,9 @@ def fit_dip(
     result = DIPResult(net=model, output=torch.empty(0))
     smooth: Tensor | None = None
     start = time.perf_counter()
-    bar = tqdm(range(1, n_iters + 1), desc="DIP", disable=not progress, leave=False)
-    for step in bar:
+    # Counted by hand once each step is done: a bar that tqdm iterates and that a stop leaves early ends red.
+    bar = tqdm(total=n_iters, desc="DIP", disable=not progress, leave=False)
+    for step in range(1, n_iters + 1):
         z_in = z + reg_noise_std * torch.randn_like(z) if reg_noise_std > 0 else z
         out = model(z_in)  # (1, 3, H, W)
         loss = loss_fn(out)
@@ -191,10 +192,14 @@ def fit_dip(
             bar.set_postfix(loss=f"{result.losses[-1]:.2e}",
                             **({"psnr": f"{result.psnrs[-1]:.2f}"} if result.psnrs else {}))
             if stop:
+                bar.update()
+                bar.total = bar.n  # a deliberate early stop: the bar ends full, and goes
                 break
+        bar.update()
         if snapshot_every is not None and (step % snapshot_every == 0 or step == n_iters):
             result.snapshot_steps.append(step)
             result.snapshots.append(smooth[0].detach().cpu().clone())
+    bar.close()
     result.output = smooth.detach().cpu().clone()
     result.seconds = time.perf_counter() - start
     return result
