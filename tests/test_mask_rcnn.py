@@ -12,14 +12,16 @@ from coursekit import instance_segmentation as inst
 from coursekit.data import Shapes, collate
 from coursekit.metrics import mask_iou, mean_average_precision
 from coursekit.models import mask_rcnn as M
+from coursekit.models.torchvision_detection import SMALL_IMAGE_SETTINGS, torchvision_mask_rcnn
 
 LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 
 
 def _small_model(num_classes: int = 4, size: int = 64, **kw) -> torchvision.models.detection.MaskRCNN:
     torch.manual_seed(0)
-    return M.torchvision_mask_rcnn(num_classes, pretrained=False, min_size=size, max_size=size,
-                                   fpn_channels=32, box_hidden=64, mask_channels=32, **kw)
+    model, _ = torchvision_mask_rcnn(num_classes, pretrained=False, min_size=size, max_size=size,
+                                     fpn_channels=32, box_hidden=64, mask_channels=32, **kw)
+    return model
 
 
 def _forbid_downloads(monkeypatch):
@@ -38,10 +40,10 @@ def test_builder_offline_falls_back_to_resnet18_with_one_line_and_no_download(mo
     loaded = []
     monkeypatch.setattr("coursekit.weights.load_backbone_weights",
                         lambda body, verbose=True: loaded.append(body) or "coursekit-shapes")
-    model = M.torchvision_mask_rcnn(7, backbone="resnet50-coco", min_size=96, max_size=96, trainable_layers=3)
+    model, weights = torchvision_mask_rcnn(7, backbone="resnet50-coco", min_size=96, max_size=96, trainable_layers=3)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert lines == ["coursekit: COCO Mask R-CNN weights unavailable (offline): using a ResNet-18 FPN instead"]
-    assert model.weights_source == "coursekit-shapes"
+    assert weights == "coursekit-shapes" and not hasattr(model, "weights_source")
     assert len(loaded) == 1 and isinstance(loaded[0], torchvision.models.ResNet)
     assert model.transform.min_size == (96,) and model.transform.max_size == 96
     assert model.roi_heads.box_predictor.cls_score.out_features == 7
@@ -49,13 +51,14 @@ def test_builder_offline_falls_back_to_resnet18_with_one_line_and_no_download(mo
     body = model.backbone.body
     assert not any(p.requires_grad for p in body.layer1.parameters())  # 3 trainable stages: layer2..4
     assert not body.conv1.weight.requires_grad and body.layer2[0].conv1.weight.requires_grad
-    assert model.rpn._post_nms_top_n["testing"] == M.SMALL_IMAGE_SETTINGS["rpn_post_nms_top_n_test"]
+    assert model.rpn._post_nms_top_n["testing"] == SMALL_IMAGE_SETTINGS["rpn_post_nms_top_n_test"]
 
 
 def test_builder_random_weights_load_nothing(monkeypatch):
     _forbid_downloads(monkeypatch)
     monkeypatch.setattr("coursekit.weights.load_backbone_weights", lambda *a, **k: pytest.fail("loaded weights"))
-    assert _small_model().weights_source == "random"
+    _, weights = torchvision_mask_rcnn(4, pretrained=False, min_size=64, max_size=64)
+    assert weights == "random"
 
 
 @pytest.mark.parametrize(
@@ -67,7 +70,7 @@ def test_builder_random_weights_load_nothing(monkeypatch):
 def test_builder_rejects_bad_arguments(kwargs, match):
     kwargs = {"num_classes": 4, "pretrained": False, **kwargs}
     with pytest.raises(ValueError, match=match):
-        M.torchvision_mask_rcnn(kwargs.pop("num_classes"), **kwargs)
+        torchvision_mask_rcnn(kwargs.pop("num_classes"), **kwargs)
 
 
 def test_output_format_for_a_batch():

@@ -13,6 +13,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, con
 
 from coursekit.detection import proposals_step
 from coursekit.models import rcnn as R
+from coursekit.models.torchvision_detection import torchvision_faster_rcnn
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +236,9 @@ def test_torchvision_builder_works_offline_without_download(monkeypatch, capsys)
     loaded = []
     stub = lambda body, verbose=True: loaded.append(body) or "x"  # noqa: E731
     monkeypatch.setattr("coursekit.weights.load_backbone_weights", stub)
-    model = R.torchvision_faster_rcnn(4, backbone="resnet50-coco", min_size=64, max_size=64)
+    model, weights = torchvision_faster_rcnn(4, backbone="resnet50-coco", min_size=64, max_size=64)
     assert "using a ResNet-18 FPN instead" in capsys.readouterr().out
-    assert model.weights_source == "x" and len(loaded) == 1 and hasattr(loaded[0], "layer4")
+    assert weights == "x" and len(loaded) == 1 and hasattr(loaded[0], "layer4")
     assert model.transform.min_size == (64,) and model.transform.max_size == 64
     assert model.roi_heads.box_predictor.cls_score.out_features == 4
     model.eval()
@@ -245,4 +246,4 @@ def test_torchvision_builder_works_offline_without_download(monkeypatch, capsys)
         out = model([torch.rand(3, 64, 64)])
     assert set(out[0]) == {"boxes", "labels", "scores"}
     with pytest.raises(ValueError, match="backbone"):
-        R.torchvision_faster_rcnn(4, backbone="vgg16")
+        torchvision_faster_rcnn(4, backbone="vgg16")

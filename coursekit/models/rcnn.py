@@ -1,5 +1,6 @@
 """The R-CNN family, small enough to train on a CPU: R-CNN, Fast R-CNN, and a Faster R-CNN with a
-from-scratch Region Proposal Network; plus a builder for torchvision's ``FasterRCNN`` on small images.
+from-scratch Region Proposal Network (torchvision's ``FasterRCNN`` for small images:
+:mod:`coursekit.models.torchvision_detection`).
 
 Taught in notebook 04 (decks 000, 001, 003, 004). The three detectors share one backbone (the first
 layers of a pretrained ResNet-18, :class:`ResNet18Trunk`) and one per-region head (:class:`BoxHead`:
@@ -54,7 +55,6 @@ __all__ = [
     "rpn_targets",
     "rpn_loss",
     "postprocess_detections",
-    "torchvision_faster_rcnn",
 ]
 
 # NMS runs thousands of times per epoch here: the detectors call torchvision's compiled NMS, which
@@ -552,72 +552,3 @@ class TwoStageDetector(FastRCNN):
         if proposals is not None:
             return super().propose(images, features, proposals, targets)
         return self.rpn(features, tuple(images.shape[-2:]), targets)
-
-
-# ================================================================================ torchvision's model
-def torchvision_faster_rcnn(
-    num_classes: int,
-    *,
-    backbone: Literal["resnet18", "resnet50-coco"] = "resnet18",
-    pretrained: bool = True,
-    min_size: int = 128,
-    max_size: int = 128,
-    anchor_sizes: Sequence[int] = (12, 24, 48, 96, 192),
-    trainable_layers: int = 3,
-    box_batch_size_per_image: int = 64,
-    rpn_post_nms_top_n_train: int = 600,
-    rpn_post_nms_top_n_test: int = 300,
-    verbose: bool = True,
-    **kwargs: Any,
-) -> torchvision.models.detection.FasterRCNN:
-    """torchvision's ``FasterRCNN`` sized for the course's small images, built without any download.
-
-    Args:
-        num_classes: with the background (``dataset.num_classes``).
-        backbone: ``"resnet18"``: a ResNet-18 FPN whose body gets :func:`coursekit.weights.load_backbone_weights`
-            (ImageNet online, coursekit's own ResNet-18 offline); ``"resnet50-coco"``: the whole detector
-            pretrained on COCO when its weights can be had (a new box predictor for ``num_classes``),
-            else falls back to ``"resnet18"`` with one printed line.
-        pretrained: ``False`` builds random weights (tests).
-        min_size, max_size: torchvision resizes inputs to these (default 800 / 1333, far too slow on a
-            CPU for 128-px scenes); equal to the image side means no resizing.
-        anchor_sizes: one anchor size per FPN level (P2..P6), ratios 0.5 / 1 / 2: the default
-            32..512 px does not fit 10-60 px objects.
-        trainable_layers: ResNet stages left trainable (torchvision's ``trainable_backbone_layers``).
-        box_batch_size_per_image: regions per image for the box head (torchvision: 512).
-        rpn_post_nms_top_n_train, rpn_post_nms_top_n_test: proposals kept per image (torchvision: 2000 /
-            1000); a 128-px scene holds a handful of objects, and the box head's cost is per proposal.
-
-    ``model.weights_source`` says which weights were loaded. Other keywords go to ``FasterRCNN``.
-    """
-    from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-
-    from coursekit.weights import available, load_backbone_weights
-
-    if backbone not in ("resnet18", "resnet50-coco"):
-        raise ValueError(f"backbone must be 'resnet18' or 'resnet50-coco', got {backbone!r}")
-    if len(anchor_sizes) != 5:
-        raise ValueError(f"anchor_sizes needs one size per FPN level (5: P2..P6), got {len(anchor_sizes)}")
-    anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
-    common = dict(min_size=min_size, max_size=max_size, rpn_anchor_generator=anchors,
-                  box_batch_size_per_image=box_batch_size_per_image,
-                  rpn_post_nms_top_n_train=rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-                  **kwargs)
-    coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
-    if backbone == "resnet50-coco" and pretrained:
-        if available(coco):
-            model = fasterrcnn_resnet50_fpn(weights=coco, weights_backbone=None,
-                                            trainable_backbone_layers=trainable_layers, **common)
-            model.roi_heads.box_predictor = FastRCNNPredictor(1024, num_classes)  # a new head for our classes
-            model.weights_source = "coco"
-            return model
-        if verbose:
-            print("coursekit: COCO Faster R-CNN weights unavailable (offline): using a ResNet-18 FPN instead")
-    body = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=trainable_layers)
-    source = load_backbone_weights(body.body, verbose=verbose) if pretrained else "random"
-    model = FasterRCNN(body, num_classes=num_classes, **common)
-    model.weights_source = source
-    return model
