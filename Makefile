@@ -15,7 +15,7 @@ PIP    := $(BIN)/python -m pip install --quiet
 TEST_ENV := COURSEKIT_OFFLINE=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg COURSEKIT_PROFILE=fast OMP_NUM_THREADS=1
 JOBS   ?= 2
 
-.PHONY: install lab test test-latest lock test-fast bench lint strip assignments clean
+.PHONY: install lab test test-latest lock test-fast bench lint strip assignments site clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ test-fast: $(STAMP)
 # The benchmark table for the README: notebooks' fast-profile times, our ops vs torchvision/pycocotools.
 bench: $(STAMP)
 	$(TEST_ENV) $(BIN)/python benchmarks/run.py
+
+# The course's website in build/site/html (coursekit.site): README, executed notebooks, assignments; then
+# checked. SITE_PROFILE=auto takes lecture-profile outputs where `coursekit prepare --lecture` left them, else
+# the fast profile; executions are cached on each notebook's code (make test's notebook runs included).
+SITE_PROFILE ?= auto
+site: $(STAMP)
+	$(TEST_ENV) $(BIN)/python -m coursekit.site build --profile $(SITE_PROFILE) --check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

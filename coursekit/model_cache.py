@@ -666,6 +666,9 @@ def prepare_lecture(
         try:
             papermill.execute_notebook(str(path), str(out / file), cwd=str(folder), kernel_name="python3",
                                        parameters={"PROFILE": "lecture", "RETRAIN": retrain}, progress_bar=False)
+            from coursekit.site import store_executed
+
+            store_executed(path, out / file, "lecture")  # the website shows lecture outputs where it has them
         except Exception as err:  # papermill's PapermillExecutionError names the cell; keep going
             status, failed = f"FAILED: {type(err).__name__}: {_first_line(err)}", failed + 1
         seconds = time.perf_counter() - start
