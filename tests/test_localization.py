@@ -5,22 +5,23 @@ import torch
 
 from coursekit import localization as loc
 from coursekit.data import Shapes
+from coursekit.models.localization import LocalizationNet
 
 
 def test_shapes_of_both_heads():
     x = torch.rand(2, 3, 48, 48)
-    logits, boxes = loc.LocalizationNet(6, image_size=48)(x)
+    logits, boxes = LocalizationNet(6, image_size=48)(x)
     assert logits.shape == (2, 6) and boxes.shape == (2, 4)
     assert ((boxes > 0) & (boxes < 1)).all()
-    logits, boxes = loc.LocalizationNet(6, class_specific=True, image_size=48)(x)
+    logits, boxes = LocalizationNet(6, class_specific=True, image_size=48)(x)
     assert boxes.shape == (2, 6, 4)
     with pytest.raises(ValueError, match="multiple of 16"):
-        loc.LocalizationNet(6, image_size=50)
+        LocalizationNet(6, image_size=50)
 
 
 def test_class_specific_box_of_the_given_class_is_picked():
     boxes = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
-    picked = loc.LocalizationNet.pick_boxes(boxes, torch.tensor([2, 0]))
+    picked = LocalizationNet.pick_boxes(boxes, torch.tensor([2, 0]))
     assert torch.equal(picked, torch.stack([boxes[0, 2], boxes[1, 0]]))
 
 
@@ -58,7 +59,7 @@ def test_single_object_tensors_and_evaluation_with_perfect_boxes():
 def test_a_few_steps_reduce_the_loss():
     torch.manual_seed(0)
     data = loc.single_object_tensors(Shapes(32, 32, min_objects=1, max_objects=1, seed=1))
-    model = loc.LocalizationNet(6, image_size=32, width=8)
+    model = LocalizationNet(6, image_size=32, width=8)
     step = loc.make_step(box_weight=1.0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     batch = data.tensors
@@ -79,7 +80,7 @@ def test_two_phase_recipe_leaves_frozen_layers_exactly_as_they_were():
     from coursekit.train import Trainer, freeze
 
     torch.manual_seed(0)
-    net = loc.LocalizationNet(num_classes=3, image_size=32)
+    net = LocalizationNet(num_classes=3, image_size=32)
     freeze(net.features)
     freeze(net.classifier)
     frozen = {k: v.clone() for k, v in net.features.state_dict().items()}

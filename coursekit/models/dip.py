@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from coursekit.models.blocks import conv_bn_act
+
 __all__ = ["SkipNet", "make_noise"]
 
 Upsample = Literal["bilinear", "nearest"]
@@ -33,12 +35,8 @@ _NOISE_SCALE = 0.1  # the DIP paper's input: uniform noise in [0, 0.1)
 
 def _conv_block(in_ch: int, out_ch: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
     """conv -> batch norm -> LeakyReLU; reflection padding so borders are not pulled towards 0."""
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2,
-                  padding_mode="reflect" if kernel_size > 1 else "zeros"),
-        nn.BatchNorm2d(out_ch),
-        nn.LeakyReLU(_LEAKY_SLOPE, inplace=True),
-    )
+    return conv_bn_act(in_ch, out_ch, kernel_size, stride, act=nn.LeakyReLU(_LEAKY_SLOPE, inplace=True), bias=True,
+                       padding_mode="reflect")
 
 
 class _Level(nn.Module):

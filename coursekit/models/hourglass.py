@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from coursekit.models.blocks import conv_bn_act
+
 __all__ = ["Residual", "Hourglass", "StackedHourglass", "stacked_hourglass"]
 
 # The paper's stem: 7x7 conv stride 2, then a 2x2 max pool: heatmaps are 1/4 of the input. Stride 2
@@ -76,10 +78,6 @@ class Hourglass(nn.Module):
         return skip + F.interpolate(y, scale_factor=2, mode="nearest")  # (B, C, H, W)
 
 
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
 class StackedHourglass(nn.Module):
     """``num_stacks`` hourglasses in a row, each predicting ``num_joints`` heatmaps.
 
@@ -117,7 +115,7 @@ class StackedHourglass(nn.Module):
         )  # (B, C, H/stem_stride, W/stem_stride)
         self.hourglasses = nn.ModuleList(Hourglass(depth, C) for _ in range(num_stacks))
         self.features = nn.ModuleList(
-            nn.Sequential(Residual(C, C), _conv_bn_relu(C, C)) for _ in range(num_stacks)
+            nn.Sequential(Residual(C, C), conv_bn_act(C, C, 1, bias=True)) for _ in range(num_stacks)
         )
         self.heads = nn.ModuleList(nn.Conv2d(C, K, 1) for _ in range(num_stacks))
         for head in self.heads:

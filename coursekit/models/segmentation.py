@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from coursekit.models.blocks import conv_bn_act
+
 __all__ = [
     "NaiveFullRes",
     "EncoderDecoder",
@@ -49,19 +51,9 @@ DEFAULT_WIDTHS = (16, 32, 64, 128, 128)  # channels of the five VGG-like stages 
 
 
 # ---------------------------------------------------------------------------------------------- blocks
-def _conv_bn_relu(c_in: int, c_out: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
-    """``[B, c_in, H, W] -> [B, c_out, H, W]``: 'same' padding (also when dilated), so sizes never shrink."""
-    padding = dilation * (kernel // 2)
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
 def _double_conv(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
     """Two 3x3 conv-BN-ReLU: one stage of VGG, U-Net and SegNet."""
-    return nn.Sequential(_conv_bn_relu(c_in, c_out, dilation=dilation), _conv_bn_relu(c_out, c_out, dilation=dilation))
+    return nn.Sequential(conv_bn_act(c_in, c_out, dilation=dilation), conv_bn_act(c_out, c_out, dilation=dilation))
 
 
 def _check_input(x: Tensor, multiple: int, name: str) -> None:
@@ -139,7 +131,7 @@ class NaiveFullRes(nn.Module):
         super().__init__()
         widths = _check_widths(widths, 1, "NaiveFullRes")
         chans = (in_channels, *widths)
-        self.body = nn.Sequential(*[_conv_bn_relu(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)])
+        self.body = nn.Sequential(*[conv_bn_act(a, b) for a, b in zip(chans[:-1], chans[1:], strict=True)])
         self.head = nn.Conv2d(widths[-1], num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -164,7 +156,7 @@ class EncoderDecoder(nn.Module):
         for i, (a, b) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
             if self.n_down <= i < 2 * self.n_down:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))  # no parameters
-            layers.append(_conv_bn_relu(a, b))
+            layers.append(conv_bn_act(a, b))
             if i < self.n_down:
                 layers.append(nn.MaxPool2d(2))  # no parameters
         # modules, not F.max_pool2d: receptive_field.layers_of / empirical_receptive_field can then see them
@@ -222,7 +214,7 @@ class FCN(nn.Module):
         widths = _check_widths(widths, 5, "FCN")
         self.variant = variant
         self.encoder = _VGGEncoder(widths[:5], in_channels)
-        self.fc = nn.Sequential(_conv_bn_relu(widths[4], head_width, 3), _conv_bn_relu(head_width, head_width, 1))
+        self.fc = nn.Sequential(conv_bn_act(widths[4], head_width, 3), conv_bn_act(head_width, head_width, 1))
         self.score = nn.Conv2d(head_width, num_classes, 1)
         skips = {32: (), 16: (3,), 8: (3, 2)}[variant]  # indices of pool4, pool3 in the encoder's output
         self.skip_index = skips
@@ -318,12 +310,12 @@ class ASPP(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, rates: Sequence[int] = (2, 4, 6)):
         super().__init__()
-        branches = [_conv_bn_relu(c_in, c_out, kernel=1)]
-        branches += [_conv_bn_relu(c_in, c_out, dilation=r) for r in rates]
+        branches = [conv_bn_act(c_in, c_out, kernel=1)]
+        branches += [conv_bn_act(c_in, c_out, dilation=r) for r in rates]
         self.branches = nn.ModuleList(branches)
         # no BatchNorm after global pooling: a 1x1 map with batch size 1 has no statistics to normalise
         self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c_in, c_out, 1), nn.ReLU(inplace=True))
-        self.project = _conv_bn_relu(c_out * (len(branches) + 1), c_out, kernel=1)
+        self.project = conv_bn_act(c_out * (len(branches) + 1), c_out, kernel=1)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = self.image_pool(x).expand(-1, -1, *x.shape[-2:])  # (B, c_out, h, w): one value per map
