@@ -39,14 +39,31 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, Integral) and not isinstance(x, bool)
 
 
+# Words spelled in capitals in a slider's label ("iou_threshold" -> "IoU threshold").
+_LABEL_WORDS = {"iou": "IoU", "nms": "NMS", "lr": "LR", "ssd": "SSD", "yolo": "YOLO", "pck": "PCK", "psnr": "PSNR"}
+
+
+def readable_label(name: str) -> str:
+    """A slider's label from its argument name: ``"score_threshold"`` -> ``"score threshold"``."""
+    return " ".join(_LABEL_WORDS.get(word.lower(), word) for word in name.split("_") if word)
+
+
+def _label_kwargs(label: str) -> dict[str, Any]:
+    # The label gets its full width (ipywidgets' default cuts it at about 10 characters: "score_thr..."),
+    # and the control grows with it so that the slider's track keeps its length.
+    return {"description": label, "style": {"description_width": "initial"},
+            "layout": W.Layout(width=f"{max(300, 210 + 8 * len(label))}px")}
+
+
 def _make_control(name: str, spec: SliderSpec, continuous: bool) -> W.ValueWidget:
-    """An IntSlider / FloatSlider / Dropdown named ``name`` from its spec."""
+    """An IntSlider / FloatSlider / Dropdown labelled after ``name`` from its spec."""
     if isinstance(spec, W.ValueWidget):
         return spec
+    label = readable_label(name)
     if isinstance(spec, (list, Mapping)):
         if not spec:
             raise ValueError(f"slider {name!r}: the list of options is empty")
-        return W.Dropdown(options=spec, description=name)
+        return W.Dropdown(options=spec, **_label_kwargs(label))
     if not isinstance(spec, tuple) or not 2 <= len(spec) <= 4 or not all(isinstance(v, Real) for v in spec):
         raise ValueError(
             f"slider {name!r}: give (min, max, step, value) numbers, a list of options "
@@ -61,7 +78,7 @@ def _make_control(name: str, spec: SliderSpec, continuous: bool) -> W.ValueWidge
     if not lo <= value <= hi:
         raise ValueError(f"slider {name!r}: value {value} is outside [{lo}, {hi}]")
     cls = W.IntSlider if integer else W.FloatSlider
-    return cls(min=lo, max=hi, step=step, value=value, description=name, continuous_update=continuous)
+    return cls(min=lo, max=hi, step=step, value=value, continuous_update=continuous, **_label_kwargs(label))
 
 
 class SliderPlot(W.VBox):
@@ -295,5 +312,5 @@ def image_picker(
         show_image(items[image], ax=ax, title=str(image))
         return on_change(image, items[image]) if on_change is not None else None
 
-    control = W.Dropdown(options=options, description="image")
+    control = W.Dropdown(options=options, **_label_kwargs("image"))
     return SliderPlot(draw, {"image": control}, figsize=figsize)
