@@ -41,6 +41,8 @@ NOTEBOOKS: tuple[Notebook, ...] = (
              "Gaussian heatmaps, the recursive hourglass, intermediate supervision, PCK."),
     Notebook("09_deep_image_prior.ipynb", "Deep Image Prior",
              "An untrained net as the prior: denoising, inpainting, x4 super-resolution, early stopping."),
+    Notebook("10_similarity_retrieval_tracking.ipynb", "Similarity: retrieval, siamese nets, tracking",
+             "Unseen identities by L2 search, contrastive and triplet losses, mining, faiss, SiamFC tracking."),
 )
 
 
