@@ -26,7 +26,7 @@ CELL_TIMEOUT = 5.0
 ATTACKS = {
     "attack_input_transformer": (0, "flagged", "a cell that must fail with a secret message gave ok"),
     "attack_run_cell": (0, "flagged", "the kernel was tampered with"),
-    "attack_forbidden_api": (0, "graded", "forbidden in this assignment"),
+    "attack_forbidden_api": (0, "graded", "operator.add"),
     "attack_rebind_helper": (0, "flagged", "redefines 'seconds'"),
     "attack_patch_module": (1, "flagged", "changes math.isclose"),
     "attack_rigged_eq": (1, "flagged", "defines __eq__"),

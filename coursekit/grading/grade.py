@@ -386,7 +386,6 @@ class _Plan:
     origin: list[int | None]  # graded-notebook index of each executed cell (None: a grader cell)
     canaries: dict[int, Canary]  # executed index -> canary
     end_markers: dict[int, str]  # executed index of a test cell -> the secret it prints at its end
-    guard_index: int | None = None
 
 
 _EXPECT_SOURCE = (Path(__file__).with_name("expect.py")).read_text(encoding="utf-8")
@@ -400,7 +399,6 @@ _PRELUDE = ("def _ck_expect():\n    namespace = {'__name__': 'coursekit_grader_e
 def _plan(graded: NotebookNode, forbidden: list[str]) -> _Plan:
     cells, origin, canaries, markers = [], [], {}, {}
     answers = [c.source for c in graded.cells if cell_role(c) == "answer"]
-    guard_index = None
     cells.append(nbformat.v4.new_code_cell(_PRELUDE))
     origin.append(None)
 
@@ -414,11 +412,11 @@ def _plan(graded: NotebookNode, forbidden: list[str]) -> _Plan:
             canary = make_canary(kind)
             canaries[add(nbformat.v4.new_code_cell(canary.source), None)] = canary
 
+    guard = guard_source(forbidden, answers + [transform_cell(a) for a in answers]) if forbidden else None
     for i, cell in enumerate(graded.cells):
         role = cell_role(cell)
-        if role == "answer" and guard_index is None and forbidden:
-            source = guard_source(forbidden, answers + [transform_cell(a) for a in answers])
-            guard_index = add(nbformat.v4.new_code_cell(source), None)
+        if role in ("answer", "test") and guard:
+            add(nbformat.v4.new_code_cell(guard), None)
         if role == "test":
             add_canaries()
             secret, line = end_marker()
@@ -428,8 +426,7 @@ def _plan(graded: NotebookNode, forbidden: list[str]) -> _Plan:
             add_canaries()
         else:
             add(cell, i)
-    return _Plan(nbformat.v4.new_notebook(cells=cells, metadata=graded.metadata), origin, canaries, markers,
-                 guard_index)
+    return _Plan(nbformat.v4.new_notebook(cells=cells, metadata=graded.metadata), origin, canaries, markers)
 
 
 @dataclass

@@ -7,7 +7,7 @@
   canary wrong: the submission is flagged and the tests from there on score 0.
 * **An end marker.** Each test cell ends by printing a secret; a test whose body was skipped or cut short
   does not print it, and does not pass.
-* **A guard.** Before the first answer cell runs, each forbidden API (the solution's metadata) is wrapped so
+* **A guard.** Before every answer and test cell, each forbidden API already imported (the solution's metadata) is wrapped so
   that a call made directly from an answer cell raises ``ForbiddenAPIError``; the instructor's cells
   still call the real thing. The static pass (``static.py``) catches the ways around it.
 """
@@ -58,7 +58,7 @@ def end_marker() -> tuple[str, str]:
 
 _GUARD = r'''
 def _ck_guard(forbidden, answers):
-    import functools, importlib, inspect, linecache, sys
+    import functools, inspect, linecache, sys
 
     class ForbiddenAPIError(RuntimeError):
         """Raised when an answer cell calls an API the assignment forbids."""
@@ -75,17 +75,18 @@ def _ck_guard(forbidden, answers):
             return fn(*args, **kwargs)
         return guarded
 
+    # Only what is imported already (importing here would cost a cell's time limit): the grader runs this
+    # cell again before every answer and test cell, so what an answer imports is wrapped before it is tested.
     for dotted in forbidden:
-        try:
-            modules = [importlib.import_module(dotted)]
-            modules += [m for n, m in list(sys.modules.items()) if n.startswith(dotted + ".") and m is not None]
+        if dotted in sys.modules:
+            modules = [m for n, m in list(sys.modules.items())
+                       if (n == dotted or n.startswith(dotted + ".")) and m is not None]
             targets = [(m, a) for m in modules for a in list(vars(m)) if not a.startswith("__")]
-        except ImportError:
+        else:
             parent, _, attr = dotted.rpartition(".")
-            try:
-                targets = [(importlib.import_module(parent), attr)]
-            except ImportError:
+            if parent not in sys.modules:
                 continue
+            targets = [(sys.modules[parent], attr)]
         for module, attr in targets:
             fn = getattr(module, attr, None)
             if (inspect.isfunction(fn) or inspect.isbuiltin(fn)) and not getattr(fn, "_ck_guarded", False):
