@@ -23,3 +23,31 @@ def pytest_configure(config):
         from coursekit.cli import main
 
         main(["prepare"])
+
+
+_NOTEBOOK_RUNS: list[tuple[str, list[str], float | None]] = []  # (test id, retries, seconds)
+
+
+def pytest_runtest_logreport(report):
+    """Collect the notebook tests' retries and times (user properties travel from xdist workers)."""
+    if report.when != "call":
+        return
+    props = dict(report.user_properties)
+    if "notebook_seconds" in props or "notebook_retry" in props:
+        retries = [value for key, value in report.user_properties if key == "notebook_retry"]
+        _NOTEBOOK_RUNS.append((report.nodeid, retries, props.get("notebook_seconds")))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A "notebook retries" section whenever notebooks ran: none, or each retry with its cause."""
+    if not _NOTEBOOK_RUNS:
+        return
+    retries = [r for _, rs, _ in _NOTEBOOK_RUNS for r in rs]
+    terminalreporter.section("notebook retries")
+    terminalreporter.write_line(f"{len(retries)} retr{'y' if len(retries) == 1 else 'ies'} "
+                                f"in {len(_NOTEBOOK_RUNS)} notebook run(s)")
+    for line in retries:
+        terminalreporter.write_line(f"RETRY {line}")
+    times = ", ".join(f"{nodeid.split('[')[-1].rstrip(']').split('/')[-1][:2]} {secs}s"
+                      for nodeid, _, secs in sorted(_NOTEBOOK_RUNS) if secs is not None)
+    terminalreporter.write_line(f"seconds per notebook: {times}")
