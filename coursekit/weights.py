@@ -37,6 +37,7 @@ __all__ = [
     "pretrain_resnet18",
     "load_backbone_weights",
     "smp_encoder_weights",
+    "smp_weights_cached",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -249,14 +250,30 @@ def load_backbone_weights(module: nn.Module, verbose: bool = True) -> Source:
     return source
 
 
+def smp_weights_cached(encoder: str = "resnet18", weights: str = "imagenet") -> bool:
+    """True when segmentation-models-pytorch's ``weights`` for ``encoder`` are in the Hugging Face cache
+    (both files smp reads, at the revision it pins): then smp loads them without the network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from segmentation_models_pytorch.encoders import encoders
+    except ImportError:
+        return False
+    settings = encoders.get(encoder, {}).get("pretrained_settings", {}).get(weights)
+    if not settings:
+        return False
+    return all(isinstance(try_to_load_from_cache(settings["repo_id"], name, revision=settings["revision"]), str)
+               for name in ("config.json", "model.safetensors"))
+
+
 def smp_encoder_weights(verbose: bool = True) -> str | None:
-    """``"imagenet"`` when segmentation-models-pytorch may download its encoder weights, else ``None``.
+    """``"imagenet"`` when segmentation-models-pytorch has its encoder weights cached or may download
+    them, else ``None``.
 
     With ``None``, build the smp model with ``encoder_weights=None`` and call
     ``load_backbone_weights(model.encoder)`` to put coursekit's pretrained ResNet-18 in (encoder
     ``"resnet18"``). Set ``HF_HUB_OFFLINE=1`` before importing smp offline, or it retries for ~25 s.
     """
-    if is_online():
+    if smp_weights_cached() or is_online():
         return "imagenet"
     _say(f"offline ({_why_offline()}): smp encoder without ImageNet weights; "
          "load coursekit's ResNet-18 with load_backbone_weights(model.encoder)", verbose)
