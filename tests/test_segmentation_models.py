@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coursekit.models import create_model, list_models, register_model
 from coursekit.models import segmentation as seg
 from coursekit.ops import max_unpool2d
 from coursekit.receptive_field import empirical_receptive_field, layers_of, receptive_field
@@ -17,10 +18,10 @@ NUM_CLASSES = 5
 def _build(name: str, **kw) -> nn.Module:
     if name.startswith("smp_"):
         kw.setdefault("pretrained", False)  # no download, no pretraining in a unit test
-    return seg.create_model(name, NUM_CLASSES, **kw)
+    return create_model(name, NUM_CLASSES, **kw)
 
 
-@pytest.mark.parametrize("name", seg.list_models())
+@pytest.mark.parametrize("name", list_models("segmentation"))
 def test_every_model_maps_images_to_per_pixel_class_scores(name):
     torch.manual_seed(0)
     model = _build(name)
@@ -36,7 +37,7 @@ def test_every_model_maps_images_to_per_pixel_class_scores(name):
 
 
 def test_factory_lists_every_architecture_of_the_lecture():
-    names = seg.list_models()
+    names = list_models("segmentation")
     for name in ("naive", "encoder_decoder", "fcn32s", "fcn16s", "fcn8s", "unet", "segnet", "deeplab",
                  "smp_unet", "smp_deeplabv3plus"):
         assert name in names
@@ -44,24 +45,24 @@ def test_factory_lists_every_architecture_of_the_lecture():
 
 def test_unknown_model_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unet.*deeplab|choose one of"):
-        seg.create_model("unet3000", 3)
+        create_model("unet3000", 3)
     with pytest.raises(ValueError) as err:
-        seg.create_model("unet3000", 3)
-    assert all(name in str(err.value) for name in seg.list_models())
+        create_model("unet3000", 3)
+    assert all(name in str(err.value) for name in list_models("segmentation"))
 
 
 def test_bad_input_size_names_the_padded_size():
     with pytest.raises(ValueError, match="96x96"):
-        seg.create_model("fcn8s", 3)(torch.rand(1, 3, 70, 70))
+        create_model("fcn8s", 3)(torch.rand(1, 3, 70, 70))
     with pytest.raises(ValueError, match="variant"):
         seg.FCN(3, variant=4)
     with pytest.raises(ValueError, match="num_classes"):
-        seg.create_model("unet", 0)
+        create_model("unet", 0)
 
 
 def test_register_model_refuses_a_duplicate_name():
     with pytest.raises(ValueError, match="already registered"):
-        seg.register_model("unet")(seg.UNet)
+        register_model("unet", seg.UNet, family="segmentation")
 
 
 @pytest.mark.parametrize("variant, uses_pool3, uses_pool4", [(32, False, False), (16, False, True), (8, True, True)])
@@ -150,7 +151,7 @@ def test_deeplab_keeps_output_stride_8_and_upsamples_bilinearly():
 
 
 def test_naive_and_encoder_decoder_have_the_same_parameters():
-    naive, hourglass = seg.create_model("naive", 3), seg.create_model("encoder_decoder", 3)
+    naive, hourglass = create_model("naive", 3), create_model("encoder_decoder", 3)
     assert count_parameters(naive) == count_parameters(hourglass)
 
 

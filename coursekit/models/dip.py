@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from coursekit.models.blocks import conv_bn_act
+from coursekit.models.registry import Smoke, images, register_model
 
 __all__ = ["SkipNet", "make_noise"]
 
@@ -156,3 +157,7 @@ def make_noise(
         raise ValueError(f"scale must be > 0, got {scale}")
     z = torch.rand(1, channels, height, width, generator=generator) * scale
     return z.to(device)
+
+
+register_model("dip_skipnet", SkipNet, family="dip",
+               smoke=Smoke({"in_channels": 8, "widths": (8, 8), "skip_channels": 2}, images(8, 32), [(2, 3, 32, 32)]))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coursekit.models.blocks import conv_bn_act
+from coursekit.models.registry import Smoke, images, register_model
 
 __all__ = ["Residual", "Hourglass", "StackedHourglass", "stacked_hourglass"]
 
@@ -161,3 +162,8 @@ def stacked_hourglass(num_stacks: int = 2, num_joints: int = 15, size: str = "ti
         raise ValueError(f"unknown hourglass size {size!r}; choose one of {sorted(sizes)}")
     channels, depth = sizes[size]
     return StackedHourglass(num_stacks, num_joints, channels, depth)
+
+
+register_model("stacked_hourglass", StackedHourglass, family="hourglass",
+               smoke=Smoke({"num_stacks": 2, "num_joints": 5, "channels": 8, "depth": 2}, images(3, 32),
+                           [(2, 5, 8, 8), (2, 5, 8, 8)]))

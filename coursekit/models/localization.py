@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from coursekit.models.blocks import conv_bn_act
+from coursekit.models.registry import Smoke, images, register_model
 
 __all__ = ["LocalizationNet"]
 
@@ -62,3 +63,7 @@ class LocalizationNet(nn.Module):
         if boxes.dim() == 2:
             return boxes
         return boxes[torch.arange(len(labels), device=boxes.device), labels]
+
+
+register_model("localization", LocalizationNet, family="localization",
+               smoke=Smoke({"num_classes": 6, "width": 8, "image_size": 32}, images(3, 32), [(2, 6), (2, 4)]))

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from coursekit.models.registry import Smoke, images, register_model
 from coursekit.sliding import sliding_window_scores, window_grid
 
 __all__ = [
@@ -310,3 +311,10 @@ def overfeat_net(
     flat = c * h * w
     regressor = _dense_head(flat, (hidden,), 4) if regress else None
     return OverFeat(features, _dense_head(flat, (hidden,), num_classes), regressor, window=window)
+
+
+register_model("overfeat_lenet", overfeat_lenet, family="overfeat",
+               smoke=Smoke({"num_classes": 11}, images(3, 32), [(2, 11), (2, 4)]))
+register_model("overfeat_net", overfeat_net, family="overfeat",
+               smoke=Smoke({"num_classes": 3, "window": 32, "channels": (4, 8, 8), "hidden": 8}, images(3, 32),
+                           [(2, 3), (2, 4)]))

@@ -39,6 +39,7 @@ from coursekit.anchors import (
     sample_balanced,
 )
 from coursekit.boxes import decode_boxes, encode_boxes
+from coursekit.models.registry import Smoke, register_model
 from coursekit.ops import roi_align, roi_pool
 
 __all__ = [
@@ -552,3 +553,37 @@ class TwoStageDetector(FastRCNN):
         if proposals is not None:
             return super().propose(images, features, proposals, targets)
         return self.rpn(features, tuple(images.shape[-2:]), targets)
+
+
+# --------------------------------------------------------------------------------------- registry
+def _detector(cls: type, **fixed: Any) -> Callable[..., nn.Module]:
+    """``build(num_classes, last_layer="layer2", pretrained=True, **kwargs)``: a fresh trunk for each detector."""
+
+    def build(num_classes: int, last_layer: str = "layer2", pretrained: bool = True, **kwargs: Any) -> nn.Module:
+        return cls(ResNet18Trunk(last_layer, pretrained=pretrained), num_classes, **fixed, **kwargs)
+
+    return build
+
+
+def _smoke_batch(g: torch.Generator) -> tuple:
+    """Two 64 px images with one object each, in the detectors' train-mode call ``(images, targets)``."""
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 44.0]]), torch.tensor([[20.0, 12.0, 60.0, 50.0]])]
+    targets = [{"boxes": b, "labels": torch.tensor([1 + i])} for i, b in enumerate(boxes)]
+    return [torch.rand(3, 64, 64, generator=g) for _ in boxes], targets
+
+
+def _grid_proposals(image: Tensor) -> Tensor:
+    """A fixed 3 x 3 grid of boxes: external proposals for a smoke test (no Selective Search)."""
+    H, W = image.shape[-2:]
+    cells = [(x, y) for y in range(3) for x in range(3)]
+    return torch.tensor([[x * W / 3, y * H / 3, (x + 1) * W / 3, (y + 1) * H / 3] for x, y in cells])
+
+
+_LOSSES_4 = [()] * 4  # loss_objectness, loss_rpn_box_reg, loss_classifier, loss_box_reg
+_SMOKE_KW = {"num_classes": 3, "pretrained": False, "batch_size_per_image": 8}
+register_model("rcnn", _detector(RCNN, hidden=16), family="rcnn",
+               smoke=Smoke({**_SMOKE_KW, "proposer": _grid_proposals}, _smoke_batch, [()] * 2))
+register_model("fast_rcnn", _detector(FastRCNN, hidden=16), family="rcnn",
+               smoke=Smoke({**_SMOKE_KW, "proposer": _grid_proposals}, _smoke_batch, [()] * 2))
+register_model("faster_rcnn", _detector(TwoStageDetector, hidden=16), family="rcnn",
+               smoke=Smoke(_SMOKE_KW, _smoke_batch, _LOSSES_4))

@@ -12,7 +12,8 @@ cross-entropy per pixel). What each one shows, as the lecture draws it::
     segnet          encoder remembers max-pool argmax ─ decoder max-unpools to those positions
     deeplab         output stride 8: later convs dilated (atrous) instead of pooled, ASPP, bilinear x8
 
-``create_model(arch, num_classes, **kwargs)`` builds any of them by name (``list_models()``), including
+:func:`coursekit.models.create_model` builds any of them by name (``create_model("unet", num_classes=7)``;
+``list_models("segmentation")``), including
 segmentation-models-pytorch's ``Unet`` and ``DeepLabV3Plus`` on a ResNet-18 encoder (:func:`smp_unet`,
 :func:`smp_deeplabv3plus`). The course's sizes are small (16-128 channels, 64-96 px) so that all of them
 train on a laptop CPU within a lecture; the papers use VGG-16 / ResNet-101 at 500 px.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coursekit.models.blocks import conv_bn_act
+from coursekit.models.registry import Smoke, images, register_model
 
 __all__ = [
     "NaiveFullRes",
@@ -42,9 +44,6 @@ __all__ = [
     "dilated_stack",
     "smp_unet",
     "smp_deeplabv3plus",
-    "register_model",
-    "list_models",
-    "create_model",
 ]
 
 DEFAULT_WIDTHS = (16, 32, 64, 128, 128)  # channels of the five VGG-like stages (VGG-16: 64 ... 512)
@@ -419,39 +418,16 @@ def smp_deeplabv3plus(
     return _smp_model("DeepLabV3Plus", num_classes, pretrained, encoder, verbose, decoder_atrous_rates=tuple(rates))
 
 
-# ------------------------------------------------------------------------------------------ factory
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# --------------------------------------------------------------------------------- the model registry
+def _segmenter(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``build(num_classes, **kwargs)``, refusing a class count that cannot be right."""
 
+    def make(num_classes: int, **kwargs) -> nn.Module:
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int (background included), got {num_classes!r}")
+        return build(num_classes, **kwargs)
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: make ``fn(num_classes, **kwargs) -> nn.Module`` available as ``create_model(name, ...)``."""
-
-    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"a segmentation model named {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return add
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, in the order the lecture meets them."""
-    return list(_REGISTRY)
-
-
-def create_model(arch: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build segmentation model ``arch`` (one of :func:`list_models`) for ``num_classes`` classes
-    (background included). ``kwargs`` go to the model (``widths=...``, ``pretrained=False``, ...)."""
-    if arch not in _REGISTRY:
-        raise ValueError(f"unknown segmentation model {arch!r}; choose one of {list_models()}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int (background included), got {num_classes!r}")
-    return _REGISTRY[arch](num_classes, **kwargs)
-
-
-register_model("naive")(NaiveFullRes)
-register_model("encoder_decoder")(EncoderDecoder)
+    return make
 
 
 def _fcn(variant: Literal[32, 16, 8]) -> Callable[..., nn.Module]:
@@ -461,10 +437,14 @@ def _fcn(variant: Literal[32, 16, 8]) -> Callable[..., nn.Module]:
     return build
 
 
-for _variant in (32, 16, 8):
-    register_model(f"fcn{_variant}s")(_fcn(_variant))
-register_model("unet")(UNet)
-register_model("segnet")(SegNet)
-register_model("deeplab")(DeepLab)
-register_model("smp_unet")(smp_unet)
-register_model("smp_deeplabv3plus")(smp_deeplabv3plus)
+# In the lecture's order: coursekit.models.create_model("unet", num_classes=7), list_models("segmentation").
+_SEGMENTERS: dict[str, Callable[..., nn.Module]] = {
+    "naive": NaiveFullRes, "encoder_decoder": EncoderDecoder, "fcn32s": _fcn(32), "fcn16s": _fcn(16),
+    "fcn8s": _fcn(8), "unet": UNet, "segnet": SegNet, "deeplab": DeepLab, "smp_unet": smp_unet,
+    "smp_deeplabv3plus": smp_deeplabv3plus,
+}  # fmt: skip
+for _name, _build in _SEGMENTERS.items():
+    _tiny = {"pretrained": False} if _name.startswith("smp_") else {}  # no download in a smoke test
+    # batch 2: BatchNorm after smp's ASPP pooling needs > 1 value per channel
+    register_model(_name, _segmenter(_build), family="segmentation",
+                   smoke=Smoke({"num_classes": 5, **_tiny}, images(3, 64), [(2, 5, 64, 64)]))

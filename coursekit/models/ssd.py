@@ -25,6 +25,7 @@ This file holds the network; the loss, the training step and the decoding are ta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,9 @@ from torch import Tensor, nn
 
 from coursekit.anchors import ssd_default_boxes
 from coursekit.models.blocks import TinyDarknet, check_square_images, conv_bn_act
+from coursekit.models.registry import Smoke, images, register_model
 
-__all__ = ["SSD", "FPN"]
+__all__ = ["SSD", "SSDConfig", "FPN"]
 
 _ANCHOR_SCALE = 1.5  # default anchor side: 1.5 x the level's stride
 
@@ -58,6 +60,19 @@ class FPN(nn.Module):
             top = self.lateral[i](features[i]) + F.interpolate(top, size=features[i].shape[-2:], mode="nearest")
             outs.insert(0, self.smooth[i](top))
         return outs
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """Every option of :class:`SSD` but the class count, in one object: ``SSD.from_config(10, SSDConfig(fpn=True))``."""
+
+    image_size: int = 96  # square input side; the strides must divide it
+    strides: tuple[int, ...] = (8, 16, 32)  # backbone levels that predict; leave out 8 to lose the small anchors
+    widths: tuple[int, ...] = (16, 32, 64, 128, 128)  # TinyDarknet stage channels (strides 2, 4, ..., 32)
+    aspect_ratios: tuple[tuple[float, ...], ...] | None = None  # per level; None: (2,) on every level
+    scales: tuple[float, ...] | None = None  # SSD's s_k, one per level + 1; None: 1.5 x stride / image_size
+    fpn: bool = False  # add the FPN top-down path before the heads
+    fpn_channels: int = 64  # channels of the FPN levels
 
 
 class SSD(nn.Module):
@@ -118,6 +133,11 @@ class SSD(nn.Module):
         anchors = ssd_default_boxes(sizes, (image_size, image_size), self.aspect_ratios, scales=list(scales))
         self.register_buffer("anchors", anchors, persistent=False)
 
+    @classmethod
+    def from_config(cls, num_classes: int, config: SSDConfig | None = None) -> SSD:
+        """``SSD(num_classes, **asdict(config))``: build from an :class:`SSDConfig` (defaults when None)."""
+        return cls(num_classes, **asdict(config or SSDConfig()))
+
     def features(self, x: Tensor) -> list[Tensor]:
         """The maps the heads read: the chosen backbone levels, through the FPN when there is one."""
         stages = self.backbone(x)
@@ -160,3 +180,11 @@ class SSD(nn.Module):
             score_threshold=score_threshold, iou_threshold=iou_threshold, topk_candidates=topk_candidates,
             max_detections=max_detections,
         )
+
+
+register_model("ssd", SSD, family="ssd",
+               smoke=Smoke({"num_classes": 3, "image_size": 32, "widths": (4, 8, 8, 8, 8)}, images(3, 32),
+                           [(2, 84, 4), (2, 84, 4)]))  # 84 anchors: (4x4 + 2x2 + 1x1) cells x 4 boxes
+register_model("ssd_fpn", lambda num_classes, **kw: SSD(num_classes, fpn=True, **kw), family="ssd",
+               smoke=Smoke({"num_classes": 3, "image_size": 32, "widths": (4, 8, 8, 8, 8), "fpn_channels": 8},
+                           images(3, 32), [(2, 84, 4), (2, 84, 4)]))

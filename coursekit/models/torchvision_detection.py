@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import torch
 import torchvision
+
+from coursekit.models.registry import Smoke, register_model
 
 __all__ = [
     "SMALL_IMAGE_SETTINGS",
@@ -227,3 +230,25 @@ def torchvision_faster_rcnn(
             print("coursekit: COCO Faster R-CNN weights unavailable (offline): using a ResNet-18 FPN instead")
     body, source = resnet18_fpn(pretrained, trainable_layers, fpn_channels, verbose)
     return FasterRCNN(body, num_classes=num_classes, **common), source
+
+
+# --------------------------------------------------------------------------------------- registry
+def _smoke_batch(g: torch.Generator) -> tuple:
+    """Two 64 px images with one object (box and mask) each: ``(images, targets)``."""
+    boxes = [torch.tensor([[8.0, 8.0, 40.0, 44.0]]), torch.tensor([[20.0, 12.0, 60.0, 50.0]])]
+    masks = [torch.zeros(1, 64, 64, dtype=torch.uint8) for _ in boxes]
+    for m, b in zip(masks, boxes, strict=True):
+        x1, y1, x2, y2 = b[0].int().tolist()
+        m[0, y1:y2, x1:x2] = 1
+    targets = [{"boxes": b, "labels": torch.tensor([1]), "masks": m} for b, m in zip(boxes, masks, strict=True)]
+    return [torch.rand(3, 64, 64, generator=g) for _ in boxes], targets
+
+
+_TINY = {"num_classes": 3, "pretrained": False, "min_size": 64, "max_size": 64}
+register_model("torchvision_faster_rcnn", lambda *a, **kw: torchvision_faster_rcnn(*a, **kw)[0],
+               family="torchvision_detection",
+               smoke=Smoke({**_TINY, "fpn_channels": 16}, _smoke_batch, [()] * 4))
+register_model("torchvision_mask_rcnn", lambda *a, **kw: torchvision_mask_rcnn(*a, **kw)[0],
+               family="torchvision_detection",
+               smoke=Smoke({**_TINY, "fpn_channels": 16, "box_hidden": 16, "mask_channels": 8}, _smoke_batch,
+                           [()] * 5))

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from coursekit.models.blocks import TinyDarknet, check_square_images, conv_bn_act
+from coursekit.models.registry import Smoke, images, register_model
 
 __all__ = ["YOLO"]
 
@@ -91,3 +92,8 @@ class YOLO(nn.Module):
         finally:
             self.train(was_training)
         return yolo_decode(raw, self.num_boxes, self.image_size, score_threshold, iou_threshold, max_detections)
+
+
+register_model("yolo_v1", YOLO, family="yolo",
+               smoke=Smoke({"num_classes": 3, "image_size": 32, "grid_size": 4, "widths": (4, 8, 8, 8, 8)},
+                           images(3, 32), [(2, 4, 4, 2 * 5 + 3)]))
