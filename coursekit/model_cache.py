@@ -28,7 +28,8 @@ of the same model exist, says so too: never a silent stale result.
 
 Only the lecture profile uses the cache (``enabled=None``): fast-profile trainings take seconds, they are
 what CI runs to test the training code itself, and a cached fast run would test the cache instead.
-``COURSEKIT_MODEL_CACHE=0`` turns the cache off everywhere. Files live in
+``COURSEKIT_MODEL_CACHE=0`` turns the cache off everywhere; ``=always`` turns it on in every profile (run a
+notebook twice in the fast profile with it to exercise every loading path in a minute). Files live in
 ``$COURSEKIT_CACHE/models/<notebook>/`` (``~/.cache/coursekit`` by default); every training and load is
 logged to ``models/log.jsonl``, which ``coursekit prepare --lecture`` reads for its table.
 """
@@ -245,20 +246,31 @@ class TrainedRun:
     path: Path | None = None
 
     @property
+    def _trained(self) -> Any:
+        """The result, or the Trainer / History inside a dict result (``{"trainer": ..., "curves": ...}``)."""
+        from coursekit.train import History
+
+        if isinstance(self.result, Mapping):
+            for value in self.result.values():
+                if isinstance(value, History) or hasattr(value, "history"):
+                    return value
+        return self.result
+
+    @property
     def history(self):
         from coursekit.train import History
 
-        if isinstance(self.result, History):
-            return self.result
-        return getattr(self.result, "history", None)
+        if isinstance(self._trained, History):
+            return self._trained
+        return getattr(self._trained, "history", None)
 
     @property
     def train_time(self) -> float:
-        return float(getattr(self.result, "train_time", self.seconds))
+        return float(getattr(self._trained, "train_time", self.seconds))
 
     @property
     def global_step(self) -> int | None:
-        step = getattr(self.result, "global_step", None)
+        step = getattr(self._trained, "global_step", None)
         if step is None and self.history is not None:
             return len(self.history.steps) or None
         return step
@@ -318,8 +330,9 @@ class ModelCache:
         self.config = dict(config or {})
         self.device = torch.device(device) if device is not None else None
         if enabled is None:
-            switched_off = os.environ.get("COURSEKIT_MODEL_CACHE", "1").strip().lower() not in _TRUE
-            enabled = self.profile == "lecture" and not switched_off
+            switch = os.environ.get("COURSEKIT_MODEL_CACHE", "1").strip().lower()
+            # "always": every profile (a quick check of the loading paths with fast-profile trainings)
+            enabled = switch == "always" or (self.profile == "lecture" and switch in _TRUE)
         self.enabled = bool(enabled)
         self.root = root
         self.runs: list[TrainedRun] = []

@@ -149,6 +149,8 @@ def test_fast_profile_and_switch_bypass_the_cache(tmp_path, monkeypatch):
     assert not (tmp_path / "models").exists()
     monkeypatch.setenv("COURSEKIT_MODEL_CACHE", "0")
     assert not ModelCache("99", "lecture", root=tmp_path).enabled
+    monkeypatch.setenv("COURSEKIT_MODEL_CACHE", "always")
+    assert ModelCache("99", "fast", root=tmp_path).enabled
 
 
 def test_results_other_than_a_trainer(tmp_path):
@@ -194,6 +196,8 @@ def test_trained_run_attributes_for_a_history_result():
     run = TrainedRun("x", None, h, {}, False, "cpu", "2026-11-30", seconds=3.0)
     assert run.history is h and run.global_step == 3 and run.train_time == 3.0 and run.trainer is None
     assert model_cache._describe(8000, {"mAP@0.5": 0.8094, "preds": []}) == " (8,000 steps, mAP@0.5 0.809)"
+    wrapped = TrainedRun("x", None, {"trainer": h, "curves": {}}, {}, False, "cpu", "2026-11-30", seconds=3.0)
+    assert wrapped.history is h and wrapped.global_step == 3
 
 
 @pytest.mark.notebook
