@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from coursekit.checks import as_pair
+from coursekit.runtime import threads
 from coursekit.ops.roi_pool import _prepare_rois
 
 __all__ = ["roi_align"]
@@ -76,6 +77,7 @@ def _axis_weights(lo: Tensor, hi: Tensor, bins: int, size: int, sampling_ratio: 
     return _interpolation_matrix(coords, used, grid, size)
 
 
+@threads(1)  # small tensor operations: one CPU thread, restored after (see roi_pool)
 def roi_align(
     input: Tensor,
     boxes: Tensor | list[Tensor],
