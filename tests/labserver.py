@@ -57,7 +57,7 @@ class LabServer:
 
 @contextmanager
 def lab_server(tmp_path: Path, env: dict[str, str] | None = None, start_timeout: float = 120,
-               as_uid: int | None = None):
+               as_uid: int | None = None, unset: tuple[str, ...] | list[str] = (), args: tuple[str, ...] = ()):
     """Yield a running LabServer; stop it by its pid afterwards (SIGTERM, then SIGKILL).
 
     as_uid: run it as that (unprivileged) user, through setpriv: `make lab` as a student would.
@@ -69,9 +69,16 @@ def lab_server(tmp_path: Path, env: dict[str, str] | None = None, start_timeout:
         VENV=sys.prefix,  # the environment running the tests: `make test`'s .venv
         JUPYTER_CONFIG_DIR=str(jupyter / "config"), JUPYTER_RUNTIME_DIR=str(jupyter / "runtime"),
         JUPYTERLAB_WORKSPACES_DIR=str(jupyter / "workspaces"), IPYTHONDIR=str(jupyter / "ipython"),
+        JUPYTERLAB_SETTINGS_DIR=str(jupyter / "settings"),
         PYTHONUNBUFFERED="1",
     )
+    # No autosave: a test that runs a notebook in the browser must never write it back into the repository.
+    docmanager = jupyter / "settings" / "@jupyterlab" / "docmanager-extension"
+    docmanager.mkdir(parents=True, exist_ok=True)
+    (docmanager / "plugin.jupyterlab-settings").write_text('{"autosave": false}\n')
     server_env.update(env or {})
+    for name in unset:
+        server_env.pop(name, None)
     prefix = []
     if as_uid is not None:
         jupyter.mkdir(parents=True, exist_ok=True)
@@ -84,7 +91,7 @@ def lab_server(tmp_path: Path, env: dict[str, str] | None = None, start_timeout:
                   "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
     log = tmp_path / "lab.log"
     command = [*prefix, str(LAB_SCRIPT), "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-               "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"]
+               "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=server_env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
