@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from coursekit.anchors import hard_negative_mining, match_anchors
 from coursekit.boxes import batched_nms, box_convert, check_boxes, decode_boxes, encode_boxes, paired_box_iou
+from coursekit.data.targets import Detection, Target
 
 if TYPE_CHECKING:
     from coursekit.models.ssd import SSD
@@ -65,7 +66,7 @@ LAMBDA_NOOBJ = 0.5  # YOLO: the paper's weight of the confidence of boxes with n
 
 
 # ============================================================================================== SSD
-def ssd_targets(anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+def ssd_targets(anchors: Tensor, targets: Sequence[Target]) -> tuple[Tensor, Tensor]:
     """Class and box targets of every anchor of every image.
 
     Args:
@@ -92,7 +93,7 @@ def ssd_targets(anchors: Tensor, targets: Sequence[dict[str, Tensor]]) -> tuple[
 
 
 def ssd_loss(
-    cls_logits: Tensor, deltas: Tensor, anchors: Tensor, targets: Sequence[dict[str, Tensor]], neg_pos_ratio: int = 3
+    cls_logits: Tensor, deltas: Tensor, anchors: Tensor, targets: Sequence[Target], neg_pos_ratio: int = 3
 ) -> dict[str, Tensor]:
     """SSD's loss. -> ``{"loss", "loss_cls", "loss_box"}`` scalars.
 
@@ -138,7 +139,7 @@ def ssd_decode(
     iou_threshold: float = 0.45,
     topk_candidates: int = 400,
     max_detections: int = 200,
-) -> list[dict[str, Tensor]]:
+) -> list[Detection]:
     """Detections of each image: a list of N dicts ``boxes`` (Tensor[K, 4] xyxy inside the image),
     ``scores`` (Tensor[K], decreasing), ``labels`` (Tensor[K] int64 in ``1..C``).
 
@@ -291,7 +292,7 @@ def yolo_loss(
 def yolo_decode(
     raw: Tensor, num_boxes: int, image_size: int,
     score_threshold: float = 0.05, iou_threshold: float = 0.5, max_detections: int = 100,
-) -> list[dict[str, Tensor]]:
+) -> list[Detection]:
     """Detections of each image from ``raw [N, S, S, B * 5 + C]``: a list of N dicts (torchvision format).
 
     Each of the ``S * S * B`` boxes gets the class-specific score ``confidence x P(class | object)`` of its
@@ -364,7 +365,7 @@ def predict(
     device: torch.device | str | None = None,
     batch_size: int = 8,
     progress: bool = False,
-) -> list[dict[str, Tensor]]:
+) -> list[Detection]:
     """Run a detector in eval mode on images, ``batch_size`` at a time; one detection dict per image, on the CPU.
 
     Args:
@@ -410,7 +411,7 @@ def predict(
 def evaluate(
     model: nn.Module,
     data: Any,
-    targets: Sequence[dict[str, Tensor]] | None = None,
+    targets: Sequence[Target] | None = None,
     *,
     device: torch.device | str | None = None,
     batch_size: int = 8,

@@ -70,10 +70,11 @@ def boxes_to_masks(boxes: torch.Tensor, size: int, g: torch.Generator) -> torch.
     return torch.from_numpy((inside ^ noise).astype(np.uint8))
 
 
-def assert_matches_coco(preds, targets, iou_type="bbox", iou_thresholds=None, max_detections=100, tol=1e-6):
-    ours = D.mean_average_precision(preds, targets, iou_type, iou_thresholds, max_detections)
-    ev = D.evaluate_detections(preds, targets, iou_type, iou_thresholds, max_detections)
-    ref = D.pycocotools_map(preds, targets, iou_type, iou_thresholds, max_detections)
+def assert_matches_coco(preds, targets, iou_type="bbox", iou_thresholds=None, max_detections=100, tol=1e-6,
+                        area_from="iou_type"):
+    ours = D.mean_average_precision(preds, targets, iou_type, iou_thresholds, max_detections, area_from)
+    ev = D.evaluate_detections(preds, targets, iou_type, iou_thresholds, max_detections, area_from)
+    ref = D.pycocotools_map(preds, targets, iou_type, iou_thresholds, max_detections, area_from)
     np.testing.assert_allclose(ev.precision.numpy(), ref.eval["precision"], atol=tol, rtol=0)
     np.testing.assert_allclose(ev.recall.numpy(), ref.eval["recall"], atol=tol, rtol=0)
     if max_detections == 100:  # pycocotools' summarize() hard-codes maxDets=100
@@ -139,7 +140,8 @@ def test_crowd_given_area_duplicates_and_degenerate_boxes():
     targets[0]["iscrowd"] = torch.cat([targets[0]["iscrowd"], torch.tensor([False, False])])
     targets[0]["area"] = torch.cat([targets[0]["area"], targets[0]["area"][:2]])
     preds[3]["boxes"][0, 2] = preds[3]["boxes"][0, 0]
-    assert_matches_coco(preds, targets)
+    assert_matches_coco(preds, targets, area_from="target")
+    assert_matches_coco(preds, targets)  # the default ignores the given area: the box decides the size
 
 
 def test_segm_crowd():
@@ -303,3 +305,15 @@ def test_mask_iou_equals_the_obvious_count_and_handles_empty_masks():
     assert D.mask_iou(a[:0], b).shape == (0, 4)
     with pytest.raises(ValueError, match="one size"):
         D.mask_iou(a, b[:, :20])
+
+
+def test_size_buckets_follow_the_scored_thing_unless_asked_for_the_targets_area():
+    box = torch.tensor([[0.0, 0.0, 40.0, 40.0]])  # 1,600 px box: medium
+    target = {"boxes": box, "labels": torch.tensor([1]), "area": torch.tensor([300.0])}  # a thin mask: small
+    pred = {"boxes": box, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    by_box = D.mean_average_precision([pred], [target])
+    assert by_box["map_medium"] == pytest.approx(1.0) and by_box["map_small"] == -1.0
+    by_area = D.mean_average_precision([pred], [target], area_from="target")
+    assert by_area["map_small"] == pytest.approx(1.0) and by_area["map_medium"] == -1.0
+    with pytest.raises(ValueError, match="area_from"):
+        D.mean_average_precision([pred], [target], area_from="mask")

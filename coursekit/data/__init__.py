@@ -36,6 +36,7 @@ from coursekit.data.samples import SAMPLE_IMAGES, digits, lfw_faces, sample_imag
 from coursekit.data.segmentation import SegmentationSet
 from coursekit.data.shapes import SHAPE_KINDS, Shapes, single_shapes
 from coursekit.data.stick_figures import FLIP_PAIRS, KEYPOINTS, SKELETON, StickFigures
+from coursekit.data.targets import Detection, Target
 from coursekit.data.transforms import RandomHorizontalFlip, collate, hflip
 
 __all__ = [
@@ -70,4 +71,6 @@ __all__ = [
     "SegmentationSet",
     "HeatmapDataset",
     "CocoKeypoints",
+    "Target",
+    "Detection",
 ]

@@ -20,9 +20,12 @@ on random and edge cases; :mod:`coursekit.benchmark` times both). The COCO proto
 4. ``map`` averages over IoU thresholds and classes. Classes with no GT get -1 and are left out of
    every mean, like pycocotools; a mean over nothing is -1.
 
-Area ranges use the GT *area*: ``target["area"]`` when given (COCO's annotation area), else the box
-area (``iou_type="bbox"``) or the mask's pixel count (``"segm"``). Detections use their box area /
-mask pixel count, as pycocotools' ``loadRes`` does. small: area <= 32**2, medium: 32**2 <= area <=
+Area ranges (``area_from``): by default (``"iou_type"``) the size of what is scored: the box area for
+``iou_type="bbox"``, the mask's pixel count for ``"segm"``, so "AP small" of boxes means small *boxes*.
+``area_from="target"`` takes ``target["area"]`` when given, COCO's protocol (a COCO annotation's area is
+its mask area, used for the box metric too, and the course's datasets fill ``area`` the same way), e.g.
+to reproduce numbers computed on COCO json files. Detections use their box area / mask pixel count, as
+pycocotools' ``loadRes`` does. small: area <= 32**2, medium: 32**2 <= area <=
 96**2, large: area >= 96**2 (both ends inclusive, as in pycocotools).
 """
 
@@ -49,12 +52,16 @@ __all__ = [
     "mean_average_precision",
     "voc_ap",
     "mask_iou",
+    "AreaFrom",
+    "AREA_FROM",
     "pycocotools_map",
 ]
 
 IouType = Literal["bbox", "segm"]
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
 
+AreaFrom = Literal["iou_type", "target"]
+AREA_FROM: tuple[str, ...] = ("iou_type", "target")  # see the module docstring: what "small" is measured on
 # pycocotools' area ranges, in pixels**2: name -> (low, high), both inclusive.
 AREA_RANGES: dict[str, tuple[float, float]] = {
     "all": (0.0, 1e5**2),
@@ -232,7 +239,7 @@ class _Objects:
     crowd: np.ndarray  # (N,) bool (detections: False)
 
 
-def _flatten(entries: Sequence[Mapping], iou_type: str, is_pred: bool) -> _Objects:
+def _flatten(entries: Sequence[Mapping], iou_type: str, is_pred: bool, area_from: str = "iou_type") -> _Objects:
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "label", "local", "area", "score", "crowd")}
     for i, e in enumerate(entries):
         n = len(e["labels"])
@@ -240,7 +247,7 @@ def _flatten(entries: Sequence[Mapping], iou_type: str, is_pred: bool) -> _Objec
         cols["image"].append(np.full(n, i, dtype=np.int64))
         cols["label"].append(e["labels"].detach().cpu().long().numpy())
         cols["local"].append(np.arange(n))
-        cols["area"].append(_areas(e, iou_type, use_given=not is_pred))
+        cols["area"].append(_areas(e, iou_type, use_given=not is_pred and area_from == "target"))
         cols["score"].append(e["scores"].detach().cpu().double().numpy() if is_pred else np.zeros(n))
         cols["crowd"].append(np.zeros(n, dtype=bool) if crowd is None else crowd.detach().cpu().bool().numpy())
     return _Objects(**{k: np.concatenate(v) for k, v in cols.items()})
@@ -303,18 +310,21 @@ def evaluate_detections(
     iou_type: IouType = "bbox",
     iou_thresholds: Sequence[float] | Tensor | None = None,
     max_detections: int = 100,
+    area_from: AreaFrom = "iou_type",
 ) -> CocoEvaluation:
     """Run the COCO protocol (see the module docstring); :func:`mean_average_precision` summarises it.
 
     Arguments as in :func:`mean_average_precision`. Computation runs on the CPU in float64.
     """
     _check_inputs(preds, targets, iou_type, max_detections)
+    if area_from not in AREA_FROM:
+        raise ValueError(f"area_from must be one of {AREA_FROM}, got {area_from!r}")
     thr = _DEFAULT_IOU_THRESHOLDS if iou_thresholds is None else np.asarray(iou_thresholds, dtype=np.float64)
     if thr.ndim != 1 or len(thr) == 0 or ((thr < 0) | (thr > 1)).any():
         raise ValueError(f"iou_thresholds must be a non-empty list of values in [0, 1], got {iou_thresholds}")
     max_dets = (1, 10, max_detections)
 
-    dets, gts = _flatten(preds, iou_type, is_pred=True), _flatten(targets, iou_type, is_pred=False)
+    dets, gts = _flatten(preds, iou_type, is_pred=True), _flatten(targets, iou_type, is_pred=False, area_from=area_from)
     classes = np.unique(np.concatenate([dets.label, gts.label]))  # sorted
     det_order, det_keys = _group(dets, classes, by_score=True, max_per_pair=max_detections)
     gt_order, gt_keys = _group(gts, classes, by_score=False, max_per_pair=None)
@@ -504,6 +514,7 @@ def mean_average_precision(
     iou_type: IouType = "bbox",
     iou_thresholds: Sequence[float] | Tensor | None = None,
     max_detections: int = 100,
+    area_from: AreaFrom = "iou_type",
 ) -> dict[str, float | Tensor]:
     """COCO mAP and mAR of detections, equal to pycocotools' ``COCOeval`` (notebooks 05 and 07).
 
@@ -513,11 +524,13 @@ def mean_average_precision(
             ``iou_type="segm"`` also ``masks`` (Tensor[N, H, W] bool/uint8; ``boxes`` then optional).
         targets: one dict per image: ``boxes``, ``labels`` (and ``masks`` for segm). Optional
             ``iscrowd`` (Tensor[N] bool/int: crowd regions, ignored like COCO) and ``area``
-            (Tensor[N] float: the area used for small/medium/large; default box area / mask pixels).
+            (Tensor[N] float: used for small/medium/large only with ``area_from="target"``).
         iou_type: ``"bbox"`` (box IoU) or ``"segm"`` (mask IoU).
         iou_thresholds: default COCO's 0.50:0.05:0.95.
         max_detections: detections kept per image and class (best scores), at least 10; the recall
             keys are ``mar_1``, ``mar_10`` and ``mar_{max_detections}``.
+        area_from: what small / medium / large measure: ``"iou_type"`` (default) the box area for
+            ``"bbox"`` and the mask's pixels for ``"segm"``; ``"target"`` the targets' ``area`` (COCO).
 
     Returns:
         A dict of Python floats ``map``, ``map_50``, ``map_75``, ``map_small``, ``map_medium``,
@@ -526,7 +539,7 @@ def mean_average_precision(
         int64: every label seen in preds or targets, sorted), ``map_per_class`` and
         ``mar_100_per_class`` (Tensor[C] float64, -1 for a class with no GT).
     """
-    return _summarize(evaluate_detections(preds, targets, iou_type, iou_thresholds, max_detections))
+    return _summarize(evaluate_detections(preds, targets, iou_type, iou_thresholds, max_detections, area_from))
 
 
 # --------------------------------------------------------------------------- PASCAL VOC
@@ -561,7 +574,7 @@ def voc_ap(recall: Tensor | Sequence[float], precision: Tensor | Sequence[float]
 
 
 # --------------------------------------------------------------------------- the reference
-def _to_coco(preds, targets, iou_type: str):
+def _to_coco(preds, targets, iou_type: str, area_from: str = "iou_type"):
     """The same data as pycocotools wants it: a GT data set dict and a list of results (xywh boxes, RLE)."""
     from pycocotools import mask as mask_utils
 
@@ -573,7 +586,7 @@ def _to_coco(preds, targets, iou_type: str):
     for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
         height, width = target.get("masks", torch.zeros(0, 0, 0)).shape[1:]
         images.append({"id": i + 1, "height": height, "width": width})  # annToRLE reads them
-        areas = _areas(target, iou_type, use_given=True).tolist()
+        areas = _areas(target, iou_type, use_given=area_from == "target").tolist()
         crowd = target.get("iscrowd")
         for j in range(len(target["labels"])):
             ann = {"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(target["labels"][j])}
@@ -606,6 +619,7 @@ def pycocotools_map(
     iou_type: IouType = "bbox",
     iou_thresholds: Sequence[float] | None = None,
     max_detections: int = 100,
+    area_from: AreaFrom = "iou_type",
 ):
     """pycocotools' ``COCOeval`` run on the same inputs: the reference :func:`mean_average_precision` matches.
 
@@ -617,7 +631,9 @@ def pycocotools_map(
     from pycocotools.cocoeval import COCOeval
 
     _check_inputs(preds, targets, iou_type, max_detections)
-    dataset, results = _to_coco(preds, targets, iou_type)
+    if area_from not in AREA_FROM:
+        raise ValueError(f"area_from must be one of {AREA_FROM}, got {area_from!r}")
+    dataset, results = _to_coco(preds, targets, iou_type, area_from)
     if not results:
         raise ValueError("pycocotools cannot evaluate an empty list of detections")
     with contextlib.redirect_stdout(io.StringIO()):
