@@ -434,7 +434,7 @@ class ModelCache:
             "date": run.date,
             "trained_on": run.trained_on,
             "seconds": float(run.seconds),
-            "steps": _steps_of(run),
+            "steps": _steps_of(run) or _configured_steps(description["config"]),
             "coursekit": _version(),
             "torch": str(torch.__version__),
             "model": None if model is None else {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -567,6 +567,14 @@ def _steps_of(run: TrainedRun) -> int | None:
     except Exception:
         return None
     return int(step) if step else None
+
+
+def _configured_steps(config: Mapping[str, Any]) -> int | None:
+    """The step count the configuration names, for results that do not count their own (DIP fits)."""
+    for key in ("steps", "n_iters", "n_steps", "iterations"):
+        if isinstance(config.get(key), int) and not isinstance(config.get(key), bool):
+            return int(config[key])
+    return None
 
 
 def _check_entry(entry: Any, key: str, model: nn.Module | None) -> str:
