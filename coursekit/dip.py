@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from coursekit.metrics.image import psnr
 from coursekit.runtime import device as default_device
 
 __all__ = [
@@ -72,12 +73,6 @@ def _as_batch(img: Tensor, name: str) -> Tensor:
 def _like(out: Tensor, reference: Tensor) -> Tensor:
     """Give ``out`` ([1, C, H, W]) back in the rank the caller used for ``reference``."""
     return out[0] if reference.dim() == 3 else out
-
-
-def _psnr(pred: Tensor, target: Tensor) -> float:
-    """PSNR in dB of images in [0, 1] (same as ``coursekit.metrics.psnr(..., data_range=1.0)``)."""
-    mse = F.mse_loss(pred.float(), target.float()).item()
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +206,7 @@ def _record(result: DIPResult, step: int, output: Tensor, loss: float, target: T
     result.steps.append(step)
     result.losses.append(loss)
     if target is not None:
-        value = _psnr(output, target)
+        value = psnr(output, target)
         result.psnrs.append(value)
         if result.best_psnr is None or value > result.best_psnr:
             result.best_step, result.best_psnr = step, value
