@@ -25,8 +25,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from coursekit.boxes import batched_nms, box_iou
-from coursekit.runtime import threads
 from coursekit.checks import as_pair
+from coursekit.runtime import threads
 
 __all__ = [
     "window_grid",

@@ -13,11 +13,10 @@ import json
 import socket
 from pathlib import Path
 
+import online_cache
 import papermill
 import pytest
 import torch
-
-import online_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 # The lecture notebooks whose code branches on the network: real ImageNet weights (01, 02, and the
@@ -66,8 +65,8 @@ def test_torchvision_weights_load_from_the_cache_under_their_real_name(online):
     assert weights.is_cached(ResNet18_Weights.IMAGENET1K_V1) and weights.available(ResNet18_Weights.IMAGENET1K_V1)
     model, source = weights.resnet18_backbone(verbose=False)
     assert source == "imagenet" and model.fc.out_features == 1000
-    saved = torch.load(Path(torch.hub.get_dir()) / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1],
-                       weights_only=True)
+    name = ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    saved = torch.load(Path(torch.hub.get_dir()) / "checkpoints" / name, weights_only=True)
     assert torch.equal(model.conv1.weight, saved["conv1.weight"])
     assert weights.load_backbone_weights(model, verbose=False) == "imagenet"
 

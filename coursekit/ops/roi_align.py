@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from coursekit.checks import as_pair
-from coursekit.runtime import threads
 from coursekit.ops.roi_pool import _prepare_rois
+from coursekit.runtime import threads
 
 __all__ = ["roi_align"]
 

@@ -11,8 +11,6 @@ removes. Same signature and, to the bit, the same result and gradient as ``torch
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
