@@ -40,7 +40,7 @@ __all__ = [
     "track_clips",
 ]
 
-CONTEXT = 0.5  # SiamFC's context margin: p = CONTEXT * (w + h) / 2 on each side of the box
+CONTEXT = 0.5  # context margin p = CONTEXT * (w + h) / 2 added to each side length (the paper adds 2p)
 
 
 def _as_float(frames: Tensor) -> Tensor:
@@ -48,9 +48,10 @@ def _as_float(frames: Tensor) -> Tensor:
 
 
 def context_side(box: Tensor) -> Tensor:
-    """SiamFC's exemplar side in frame pixels: ``sqrt((w + 2p)(h + 2p))``, ``p = (w + h) / 4``.
+    """The exemplar's side in frame pixels: ``sqrt((w + p)(h + p))``, ``p = (w + h) / 4``.
 
-    box (Tensor[..., 4] xyxy) -> Tensor[...]. The crop keeps the box's area plus a margin of context.
+    box (Tensor[..., 4] xyxy) -> Tensor[...]. The crop keeps the box plus a margin of context: half the
+    paper's (SiamFC: ``sqrt((w + 2p)(h + 2p))``), since our targets are small and look-alikes pass close by.
     """
     w, h = box[..., 2] - box[..., 0], box[..., 3] - box[..., 1]
     p = CONTEXT * (w + h) / 2
@@ -301,12 +302,20 @@ class TrackResult:
 
     boxes: list[Tensor]
     scores: list[list[np.ndarray]]  # per clip, per frame from 1 on: the tracker's score map
-    seconds: float  # time spent in update(), all clips
+    seconds: float  # wall-clock time spent in update(), all clips
     frames: int  # frames tracked (frame 0 of each clip excluded)
+    cpu_seconds: float = 0.0  # CPU time of this process in update(): on a machine shared with other jobs
+    # it is what the wall clock would read on an idle one (single-threaded work)
 
     @property
     def fps(self) -> float:
+        """Frames per wall-clock second."""
         return self.frames / max(self.seconds, 1e-12)
+
+    @property
+    def cpu_fps(self) -> float:
+        """Frames per second of CPU time (process time)."""
+        return self.frames / max(self.cpu_seconds, 1e-12)
 
 
 def track(tracker: Tracker, frames: Tensor, init_box: Tensor, keep_scores: bool = False) -> TrackResult:
@@ -317,14 +326,15 @@ def track(tracker: Tracker, frames: Tensor, init_box: Tensor, keep_scores: bool 
     if frames.dim() != 4 or len(frames) < 2:
         raise ValueError(f"frames must be Tensor[T, 3, H, W] with T >= 2, got {tuple(frames.shape)}")
     tracker.init(frames[0], init_box)
-    boxes, scores, spent = [init_box.float()], [], 0.0
+    boxes, scores, spent, cpu = [init_box.float()], [], 0.0, 0.0
     for t in range(1, len(frames)):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         boxes.append(tracker.update(frames[t]))
         spent += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
         if keep_scores:
             scores.append(np.asarray(tracker.last_score).copy())
-    return TrackResult([torch.stack(boxes)], [scores], spent, len(frames) - 1)
+    return TrackResult([torch.stack(boxes)], [scores], spent, len(frames) - 1, cpu)
 
 
 def track_clips(make_tracker: Callable[[], Tracker], clips: Sequence[dict[str, Tensor]],
@@ -339,5 +349,6 @@ def track_clips(make_tracker: Callable[[], Tracker], clips: Sequence[dict[str, T
         out.scores += r.scores
         out.seconds += r.seconds
         out.frames += r.frames
+        out.cpu_seconds += r.cpu_seconds
     return out
 
