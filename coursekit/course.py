@@ -43,6 +43,8 @@ NOTEBOOKS: tuple[Notebook, ...] = (
              "An untrained net as the prior: denoising, inpainting, x4 super-resolution, early stopping."),
     Notebook("10_similarity_retrieval_tracking.ipynb", "Similarity: retrieval, siamese nets, tracking",
              "Unseen identities by L2 search, contrastive and triplet losses, mining, faiss, SiamFC tracking."),
+    Notebook("11_self_supervised_video.ipynb", "Self-supervised pretraining and video",
+             "SimCLR (NT-Xent, tau) vs MoCo; probes vs random and supervised; frame average, RNN, C3D, two-stream."),
 )
 
 

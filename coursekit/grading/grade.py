@@ -669,7 +669,7 @@ def reference_values(solution: str | Path, *, profile: Literal["fast", "lecture"
     solution_nb = read_notebook(solution)
     if not _uses_expect(solution_nb):
         return {}
-    path = Path(cache or _references_dir()) / f"{solution.stem}-{_reference_key(solution, profile)}.json"
+    path = _reference_path(solution, profile, cache)
     if path.is_file():
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -682,6 +682,10 @@ def reference_values(solution: str | Path, *, profile: Literal["fast", "lecture"
     refs = _references_from(graded, run, str(solution))
     _write_references(path, refs)
     return refs
+
+
+def _reference_path(solution: Path, profile: str, cache: str | Path | None) -> Path:
+    return Path(cache or _references_dir()) / f"{solution.stem}-{_reference_key(solution, profile)}.json"
 
 
 def _write_references(path: Path, refs: dict) -> None:
@@ -742,9 +746,10 @@ def grade_notebook(submission: str | Path, solution: str | Path, *, student: str
     private = [Path(solution).resolve().parent, Path(submission).resolve().parent]
     box = Sandbox(mode, limits or Limits(), slot=slot, private=private, readable=_course_weights())
     run = _run(nb, forbidden, cell_timeout=cell_timeout, timeout=timeout, profile=profile, sandbox=box, cwd=cwd)
-    if self_reference:  # the solution graded against itself: its own run is the reference
+    if self_reference:  # the solution graded against itself: its own run is the reference (and is cached)
         try:
             references = _references_from(nb, run, str(solution))
+            _write_references(_reference_path(Path(solution), profile, references_cache), references)
         except ValueError:
             references = {}
     verdict = _verdict(nb, run, _static_findings(nb, forbidden), references or {})
