@@ -56,7 +56,7 @@ class LabServer:
 
 
 @contextmanager
-def lab_server(tmp_path: Path, env: dict[str, str] | None = None, start_timeout: float = 120,
+def lab_server(tmp_path: Path, env: dict[str, str] | None = None, start_timeout: float = 240,
                as_uid: int | None = None, unset: tuple[str, ...] | list[str] = (), args: tuple[str, ...] = ()):
     """Yield a running LabServer; stop it by its pid afterwards (SIGTERM, then SIGKILL).
 
