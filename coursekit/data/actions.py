@@ -9,7 +9,7 @@ gives a clip and its reverse the same score, and cannot beat 50% within a pair. 
 jack* are their own reverse (in distribution) and tell apart by their frames alone.
 
 The figure faces the camera: joint angles in degrees (0 = hanging straight down, raise/spread outwards
-positive), its feet on a ground line, a torso of 14-20% of the image height.
+positive), its feet on a ground line, a torso of 20-25% of the image height.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ _REVERSED_FROM = {b: a for a, b in REVERSE_PAIRS}  # the second of a pair is the
 _J = {name: k for k, name in enumerate(KEYPOINTS)}
 # Body in torso lengths (neck to pelvis = 1), a plain figure (no per-figure jitter of proportions).
 _NECK, _HEAD, _SHOULDER, _UPPER_ARM, _FOREARM, _HIP, _THIGH, _SHIN = 0.42, 0.22, 0.33, 0.6, 0.55, 0.2, 0.8, 0.75
-_TORSO_FRACTION = (0.14, 0.2)  # torso length / image height
-_THICKNESS = 0.14  # limb thickness / torso length
+_TORSO_FRACTION = (0.2, 0.25)  # torso length / image height: the figure is 65-80% of it
+_THICKNESS = 0.3  # limb thickness / torso length (~2 px at 32 px: thin limbs vanish in the first pooling)
 _MIN_FRAMES = 4
 
 
@@ -95,7 +95,7 @@ def _walk_right(rng: np.random.Generator, t: np.ndarray) -> tuple[np.ndarray, ..
     T = len(t)
     phase = 2 * np.pi * rng.uniform(1.0, 2.0) * t + rng.uniform(0, 2 * np.pi)
     swing = rng.uniform(15, 25) * np.sin(phase)[:, None] * np.array([[1, -1]])
-    distance = rng.uniform(1.2, 1.8)
+    distance = rng.uniform(0.8, 1.2)
     shift = distance * (t - 0.5)
     return 15 - swing, _still(rng, T, 10, 30), 12 + swing, np.abs(swing) * 0.8, shift
 
