@@ -57,6 +57,10 @@ def test_forbidden_api_is_found_through_aliases_and_tricks(source):
     "torch.ops.torchvision.nms(a, b, 0.5)",
     "type(x).__eq__ = lambda a, b: True",
     "open('/work/main/solutions/01_boxes.ipynb').read()",
+    "from operator import attrgetter\nattrgetter('ops.nms')(torchvision)",
+    "Anything = type('Anything', (float,), {'__eq__': lambda s, o: True})",
+    "ｅｘｅｃ('print(1)')",  # full-width letters: Python reads them as exec
+    "vars(torchvision.ops)['nms']",
 ])
 def test_tampering_is_flagged(source):
     assert "tampering" in kinds(source), source

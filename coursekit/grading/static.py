@@ -33,7 +33,7 @@ ALLOWED_MAGICS = {"matplotlib": False, "time": True, "timeit": True}
 TAMPER_MODULES = ("IPython", "ipykernel", "importlib", "ctypes", "gc", "inspect", "builtins", "sys", "os",
                   "subprocess", "socket", "multiprocessing", "threading", "signal", "pty", "shutil",
                   "runpy", "code", "codeop", "types", "marshal", "pickle", "dill", "zmq", "jupyter_client",
-                  "coursekit.grading", "atexit", "faulthandler", "tracemalloc", "sysconfig", "site", "pathlib",
+                  "coursekit.grading", "operator.attrgetter", "operator.methodcaller", "atexit", "faulthandler", "tracemalloc", "sysconfig", "site", "pathlib",
                   "io", "tempfile", "glob", "nbformat", "nbclient", "papermill", "torch.ops", "torch.utils.cpp_extension")
 # Safe names from modules above that answers use (``os.path.join`` is not, ``sys`` attributes are not).
 TAMPER_CALLS = {"exec", "eval", "compile", "__import__", "globals", "locals", "vars", "get_ipython", "open",
@@ -200,6 +200,11 @@ class _Checker(ast.NodeVisitor):
             self.add("tampering", node, f"uses {node.id}()" if node.id in TAMPER_CALLS else f"uses {node.id}")
         if isinstance(node.ctx, ast.Load) and node.id in self.aliases:
             self._use(node, self.aliases[node.id])
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        # type("A", (float,), {"__eq__": ...}) or attrgetter("__globals__"): the dunder arrives as a string
+        if isinstance(node.value, str) and (node.value in RIGGED_DUNDERS or node.value in TAMPER_ATTRS):
+            self.add("tampering", node, f"names {node.value!r} in a string")
 
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func

@@ -14,6 +14,7 @@ module              what it holds                                               
 ``hourglass``       stacked hourglass with intermediate supervision                 08
 ``dip``             the Deep Image Prior encoder-decoder                            09
 ``siamese``         embedding net (retrieval), SiamFC (tracking)                    10
+``video``           frame average, RNN over frames, C3D, two-stream (RGB + flow)     11
 ``blocks``          conv-BN-activation, the TinyDarknet body, input checks          02-09
 ``registry``        ``register_model`` / ``create_model`` / ``list_models``           all
 ==================  ==============================================================  ========
@@ -39,6 +40,7 @@ from coursekit.models import (
     siamese,
     ssd,
     torchvision_detection,
+    video,
     yolo,
 )
 from coursekit.models.registry import Smoke, create_model, list_models, model_entry, register_model
@@ -46,5 +48,5 @@ from coursekit.models.registry import Smoke, create_model, list_models, model_en
 __all__ = [
     "create_model", "list_models", "register_model", "model_entry", "Smoke",
     "blocks", "dip", "hourglass", "localization", "mask_rcnn", "overfeat", "rcnn", "registry", "segmentation",
-    "siamese", "ssd", "torchvision_detection", "yolo",
+    "siamese", "ssd", "torchvision_detection", "video", "yolo",
 ]
