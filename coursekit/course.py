@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["COURSE_REPO", "Notebook", "NOTEBOOKS", "colab_url"]
+__all__ = ["COURSE_REPO", "Notebook", "NOTEBOOKS", "colab_url", "readme_table"]
 
 COURSE_REPO = "dl4cv-course/dl4cv"  # GitHub owner/name the Colab badges and the Colab install point at
 
@@ -51,3 +51,22 @@ NOTEBOOKS: tuple[Notebook, ...] = (
 def colab_url(path: str) -> str:
     """The "Open in Colab" address of a notebook given by its path in the repository."""
     return f"https://colab.research.google.com/github/{COURSE_REPO}/blob/main/{path}"
+
+
+_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def readme_table() -> str:
+    """The README's notebook table, written from :data:`NOTEBOOKS` (``tests/test_course.py`` checks that the
+    README holds exactly this). After editing :data:`NOTEBOOKS`, paste the output of
+    ``python -m coursekit.course`` into the README."""
+    rows = ["| # | notebook | what it teaches | |", "|---|---|---|---|"]
+    for nb in NOTEBOOKS:
+        path = f"notebooks/{nb.file}"
+        badge = f"[![Open In Colab]({_BADGE})]({colab_url(path)})"
+        rows.append(f"| {nb.file[:2]} | [{nb.title}]({path}) | {nb.summary} | {badge} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(readme_table())
