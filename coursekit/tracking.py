@@ -130,7 +130,8 @@ class SiamFCPairs:
         if not clips:
             raise ValueError("SiamFCPairs needs at least one clip")
         self.clips, self.batch_size, self.batches = clips, batch_size, batches
-        self.exemplar_size, self.search_size, self.score_size, self.stride = exemplar_size, search_size, score_size, stride
+        self.exemplar_size, self.search_size = exemplar_size, search_size
+        self.score_size, self.stride = score_size, stride
         self.max_gap, self.max_shift, self.radius, self.scale_jitter = max_gap, max_shift, radius, scale_jitter
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
