@@ -71,6 +71,10 @@ def test_widgets_in_a_real_browser(tmp_path):
     profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
     errors: list[str] = []
     committed = (ROOT / NOTEBOOK).read_bytes()  # the server runs on the repository: it must not write there
+    # Every cell in the page (JupyterLab renders only the visible ones by default): the test reads them all.
+    tracker = tmp_path / "jupyter" / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}\n')
     with lab_server(tmp_path, env=server_env, unset=["MPLBACKEND"]) as server, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
