@@ -63,9 +63,14 @@ def _ck_guard(forbidden, answers):
     class ForbiddenAPIError(RuntimeError):
         """Raised when an answer cell calls an API the assignment forbids."""
 
+    verdicts = {}  # code file name -> is it an answer cell? (a cell's name is a hash of its source: stable)
+
     def from_answer(frame):
-        entry = linecache.cache.get(frame.f_code.co_filename)
-        return bool(entry) and "".join(entry[2]).strip() in answers
+        name = frame.f_code.co_filename
+        if name not in verdicts:
+            entry = linecache.cache.get(name)
+            verdicts[name] = bool(entry) and "".join(entry[2]).strip() in answers
+        return verdicts[name]
 
     def wrap(name, fn):
         @functools.wraps(fn)
