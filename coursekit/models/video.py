@@ -17,6 +17,7 @@ gives them) and returns logits ``[B, num_classes]``; the two-stream net also tak
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["FrameEncoder", "FrameAverage", "FrameRNN", "C3D", "TwoStream", "VIDEO_MODELS", "create_video_model"]
@@ -157,3 +158,25 @@ def create_video_model(name: str, num_classes: int, **kwargs) -> nn.Module:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return VIDEO_MODELS[name](num_classes, **kwargs)
 
+
+
+def _clips(with_flow: bool = False, B: int = 2, T: int = 4, S: int = 16):
+    def make(g: torch.Generator) -> tuple:
+        clip = torch.rand(B, T, 3, S, S, generator=g)
+        return (clip, torch.randn(B, T - 1, 2, S, S, generator=g)) if with_flow else (clip,)
+
+    return make
+
+
+def _register() -> None:
+    from coursekit.models.registry import Smoke, register_model
+
+    tiny = {"num_classes": 3, "width": 4}
+    register_model("frame_average", FrameAverage, family="video", smoke=Smoke(tiny, _clips(), [(2, 3)]))
+    register_model("frame_rnn", FrameRNN, family="video", smoke=Smoke({**tiny, "hidden": 8}, _clips(), [(2, 3)]))
+    register_model("c3d", C3D, family="video", smoke=Smoke(tiny, _clips(), [(2, 3)]))
+    register_model("two_stream", TwoStream, family="video",
+                   smoke=Smoke({**tiny, "n_frames": 4}, _clips(with_flow=True), [(2, 3)]))
+
+
+_register()
