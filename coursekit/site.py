@@ -25,10 +25,12 @@ student assignments (never ``solutions/``, never hidden tests). ``make site`` ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,13 +41,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["execution_key", "store_executed", "find_executed", "merge", "static_widgets", "provenance", "stage",
-           "build", "check_site", "main"]
+__all__ = ["execution_key", "store_executed", "find_executed", "inline_figures", "merge", "static_widgets",
+           "provenance", "stage", "build", "check_site", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]  # the course's checkout (the site is built from one)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 PROFILES = ("fast", "lecture")
+# The kernel's matplotlib backend: inline, so that plt.show() leaves a PNG in the notebook. Under Agg (what
+# the test process itself uses) plt.show() draws nothing and a page would lose its figures.
+INLINE = "module://matplotlib_inline.backend_inline"
 FORBIDDEN_TEXT = ("### BEGIN SOLUTION", "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
 
 
@@ -63,8 +68,23 @@ def execution_key(notebook: dict | str | Path, profile: str) -> str:
     nb = notebook if isinstance(notebook, dict) else _read(Path(notebook))
     code = [_source(c) for c in nb["cells"]
             if c["cell_type"] == "code" and "injected-parameters" not in c["metadata"].get("tags", [])]
-    blob = json.dumps({"code": code, "profile": profile, "coursekit": coursekit.__version__})
+    blob = json.dumps({"code": code, "profile": profile, "coursekit": coursekit.__version__, "figures": INLINE})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def inline_figures():
+    """Kernels started inside this block draw their figures inline (headless, PNG outputs), whatever
+    ``MPLBACKEND`` the calling process uses."""
+    old = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = INLINE
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MPLBACKEND", None)
+        else:
+            os.environ["MPLBACKEND"] = old
 
 
 def executed_dir() -> Path:
@@ -111,8 +131,10 @@ def _execute(source: Path, profile: str, timeout: int) -> tuple[Path, float, str
     error = None
     for attempt in (1, 2):
         try:
-            papermill.execute_notebook(str(source), str(out), parameters={"PROFILE": profile}, kernel_name="python3",
-                                       cwd=str(source.parent), execution_timeout=timeout, progress_bar=False)
+            with inline_figures():
+                papermill.execute_notebook(str(source), str(out), parameters={"PROFILE": profile},
+                                           kernel_name="python3", cwd=str(source.parent),
+                                           execution_timeout=timeout, progress_bar=False)
             error = None
             break
         except Exception as err:  # the executed copy keeps the error output; the check reports it
@@ -339,7 +361,10 @@ def stage(executed: dict[str, Path], src: Path, when: str) -> dict[str, Any]:
                 cell["source"] = _rewrite_links(_source(cell), rel, in_site)
         nb["cells"].insert(1, _markdown_cell(_provenance_note(info, when)))
         (src / rel).write_text(json.dumps(nb, indent=1, ensure_ascii=False))
-        pages[rel] = {"kind": "notebook", "provenance": info, "errors": _errors(nb)}
+        shows = any("plt.show()" in _source(c) for c in nb["cells"] if c["cell_type"] == "code")
+        pngs = sum(1 for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+        pages[rel] = {"kind": "notebook", "provenance": info, "errors": _errors(nb),
+                      "figures_missing": shows and pngs < 2}
     for path in assignments:
         rel = f"assignments/{path.name}"
         nb = _read(path)
@@ -413,6 +438,8 @@ def check_site(html: Path, pages: dict[str, Any], src: Path | None = None) -> li
             figures = [s for s in doc.images if urlsplit(s).scheme == "" and re.search(r"\.(png|jpe?g|svg|gif)$", s)]
             if not figures:
                 problems.append(f"{rel}: no figure on the page")
+            if info.get("figures_missing"):
+                problems.append(f"{rel}: plt.show() drew nothing: was the kernel run under MPLBACKEND=Agg?")
             for error in info.get("errors", []):
                 problems.append(f"{rel}: execution error in {error}")
             if doc.tracebacks:

@@ -20,7 +20,7 @@ import papermill
 import pytest
 
 from coursekit.course import NOTEBOOKS, colab_url
-from coursekit.site import store_executed
+from coursekit.site import inline_figures, store_executed
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("notebooks", "solutions", "assignments")
@@ -150,16 +150,18 @@ def _timed_out_cell(out: Path) -> tuple[str, float | None]:
 def _run_fast(path: str, out: Path) -> float:
     """Execute one notebook in the fast profile; return the seconds it took."""
     start = time.perf_counter()
-    # The kernel inherits this process's environment: offline, fast profile, Agg (tests/conftest.py).
-    papermill.execute_notebook(
-        str(ROOT / path),
-        str(out),
-        parameters={"PROFILE": "fast"},
-        kernel_name="python3",
-        cwd=str((ROOT / path).parent),
-        execution_timeout=CELL_TIMEOUT_S,
-        progress_bar=False,
-    )
+    # The kernel inherits this process's environment: offline, fast profile (tests/conftest.py); its figures
+    # are drawn inline (headless PNGs), not under this process's Agg: the website publishes this run.
+    with inline_figures():
+        papermill.execute_notebook(
+            str(ROOT / path),
+            str(out),
+            parameters={"PROFILE": "fast"},
+            kernel_name="python3",
+            cwd=str((ROOT / path).parent),
+            execution_timeout=CELL_TIMEOUT_S,
+            progress_bar=False,
+        )
     return time.perf_counter() - start
 
 
