@@ -2,8 +2,11 @@
 
     coursekit assignments build [--solutions solutions] [--out assignments]
     coursekit assignments check [--solutions solutions] [--out assignments]
+    coursekit assignments export --gradescope NN [NN ...]   # Gradescope autograder zips
     coursekit grade PATH [--solution solutions/NN_name.ipynb] [--out grading_out]
-                         [--cell-timeout 60] [--timeout 600]
+                         [--cell-timeout 60] [--timeout 600] [--sandbox auto|bwrap|none]
+                         [--jobs N] [--student NAME] [--memory-gb 6] [--max-processes 256]
+    coursekit publish OUT  # the student-facing course, without solutions/ and tests/
     coursekit prepare      # compute and cache the offline backbone now, not in the first notebook
     coursekit prepare --lecture [NN ...] [--retrain]   # also run notebooks in the lecture profile: fill the model cache
 
