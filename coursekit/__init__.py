@@ -48,7 +48,7 @@ _MODULES = (
     "anchors", "benchmark", "boxes", "course", "data", "detection", "dip", "grading", "instance_segmentation",
     "localization", "losses", "metrics",
     "model_cache", "models", "ops", "pose", "proposals", "receptive_field", "retrieval", "runtime", "segmentation",
-    "sliding", "tracking", "train", "transfer", "viz", "weights", "widgets",
+    "self_supervised", "sliding", "tracking", "train", "transfer", "video", "viz", "weights", "widgets",
 )
 
 __all__ = ["device", "seed_everything", "is_offline", "resolve_profile", "ModelCache", "__version__", *_MODULES]

@@ -17,6 +17,8 @@ Pixel convention: pixel ``(r, c)`` covers ``[c, c + 1) x [r, r + 1)``; boxes are
 ``x2 = last column + 1``; keypoints are (x, y) in the same continuous coordinates.
 """
 
+from coursekit.data.actions import ACTIONS, REVERSE_PAIRS, ActionClips
+from coursekit.data.augment import SimCLRAugment, two_views
 from coursekit.data.clips import Clips
 from coursekit.data.digits import DIGIT_SPLITS, DigitScenes
 from coursekit.data.identities import Identities, held_out_digits
@@ -63,6 +65,11 @@ __all__ = [
     "Identities",
     "held_out_digits",
     "Clips",
+    "ActionClips",
+    "ACTIONS",
+    "REVERSE_PAIRS",
+    "SimCLRAugment",
+    "two_views",
     "VOC_CLASSES",
     "IGNORE_INDEX",
     "collate",
