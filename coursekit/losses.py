@@ -5,6 +5,8 @@ class imbalance, IoU as the metric and a differentiable IoU in the loss). Box re
 own ``torch.nn.functional.smooth_l1_loss`` (Fast R-CNN; torchvision's detectors call it with
 ``beta=1/9``); ``yolo_loss`` / ``ssd_loss`` are written in the notebooks.
 
+Notebook 11 adds ``nt_xent_loss``, SimCLR's contrastive loss with a temperature (deck 003).
+
 Each loss is written out from scratch and equals the library one (``tests/test_losses.py``):
 ``torchvision.ops.sigmoid_focal_loss``, ``segmentation_models_pytorch.losses.DiceLoss`` / ``JaccardLoss``
 and ``torch.nn.functional.cross_entropy(weight=...)``.
