@@ -46,7 +46,8 @@ def slider(page, label: str):
 
 def output_under(page, label: str):
     """The figure (PNG data) and the text printed under the slider widget with that label."""
-    box = page.locator(".widget-vbox", has=slider(page, label)).last
+    # The widget (a VBox: sliders, then the Output) that holds this very slider: the nearest VBox above it.
+    box = slider(page, label).locator("xpath=ancestor::div[contains(concat(' ', @class, ' '), ' widget-vbox ')][1]")
     out = box.locator(".widget-output").first
     img = out.locator("img")
     src = img.first.get_attribute("src") if img.count() else None
