@@ -86,7 +86,8 @@ def test_widgets_in_a_real_browser(tmp_path):
                 # An external resource that this offline machine cannot reach (the Colab badge's image) is a
                 # network failure, not a JavaScript error; anything else logged as an error is one.
                 url = (message.location or {}).get("url", "")
-                offline = message.text.startswith("Failed to load resource: net::") and not url.startswith(server.url)
+                offline = message.text.startswith("Failed to load resource: net::") and (
+                    "ERR_NAME_NOT_RESOLVED" in message.text or not url.startswith(server.url))  # DNS: never localhost
                 if message.type == "error" and not offline:
                     errors.append(f"console.error: {message.text} ({url})")
 
