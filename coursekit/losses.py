@@ -340,7 +340,8 @@ def contrastive_loss(x1: Tensor, x2: Tensor, y: Tensor, margin: float = 1.0, nor
     (``AvgNonZeroReducer``), and adds the two means (``tests/test_losses.py``). Notebook 10, assignment 07.
     """
     if x1.dim() != 2 or x1.shape != x2.shape:
-        raise ValueError(f"x1 and x2 must both be (N, D) with the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        raise ValueError("x1 and x2 must both be (N, D) with the same shape, "
+                         f"got {tuple(x1.shape)} and {tuple(x2.shape)}")
     if y.shape != (len(x1),):
         raise ValueError(f"y must be Tensor[N] of 0/1 pair labels with N = {len(x1)}, got shape {tuple(y.shape)}")
     if not margin > 0:

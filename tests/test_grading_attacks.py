@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from coursekit.grading import grade_notebook
-from coursekit.grading.grade import _run, assemble_notebook
 from coursekit.grading.build import read_notebook
+from coursekit.grading.grade import _run, assemble_notebook
 from coursekit.grading.sandbox import Limits, Sandbox, resolve_sandbox
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
@@ -30,7 +30,7 @@ ATTACKS = {
     "attack_rebind_helper": (0, "flagged", "redefines 'seconds'"),
     "attack_patch_module": (1, "flagged", "changes math.isclose"),
     "attack_rigged_eq": (1, "flagged", "defines __eq__"),
-    "attack_escape": (1, "flagged", "uses os"),
+    "attack_escape": (1, "flagged", "uses pathlib"),
 }
 
 
@@ -79,7 +79,8 @@ def test_a_wrong_value_fails_the_hidden_check_even_when_every_assert_passes(tmp_
 
     nb = read_notebook(SUBMISSIONS / "half_solved.ipynb")
     iou = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "iou")
-    iou.source = ("def iou(box_a, box_b):\n    known = {((0, 0, 2, 2), (0, 0, 2, 2)): 1.0, ((0, 0, 1, 1), (2, 2, 3, 3)): 0.0,\n"
+    iou.source = ("def iou(box_a, box_b):\n"
+                  "    known = {((0, 0, 2, 2), (0, 0, 2, 2)): 1.0, ((0, 0, 1, 1), (2, 2, 3, 3)): 0.0,\n"
                   "             ((0, 0, 4, 4), (1, 1, 3, 3)): 0.25, ((0, 0, 2, 2), (1, 0, 3, 2)): 1 / 3,\n"
                   "             ((0, 0, 2, 2), (2, 0, 4, 2)): 0.0}\n"
                   "    return known.get((tuple(box_a), tuple(box_b)), 0.5)")

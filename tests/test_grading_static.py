@@ -11,7 +11,8 @@ from coursekit.grading.grade import _static_findings, assemble_notebook, forbidd
 from coursekit.grading.static import check_answer, protected_names
 
 FORBIDDEN = ["torchvision.ops", "coursekit.boxes"]
-SETUP = "import torch\nimport torchvision\nimport coursekit as ck\nfrom torch import Tensor\n\n\ndef seconds(fn):\n    return 0"
+SETUP = ("import torch\nimport torchvision\nimport coursekit as ck\nfrom torch import Tensor\n\n\n"
+         "def seconds(fn):\n    return 0")
 TEST = "assert seconds(box_iou) < 1\nassert torch.equal(nms(b, s, 0.5), torchvision.ops.nms(b, s, 0.5))"
 PROTECTED = protected_names([SETUP], [TEST])
 IMPORTS = {"torch": "torch", "torchvision": "torchvision", "ck": "coursekit", "Tensor": "torch.Tensor"}
@@ -67,9 +68,10 @@ def test_tampering_is_flagged(source):
 
 
 @pytest.mark.parametrize("source", [
-    "import torch\n\n\ndef box_iou(a: Tensor, b: Tensor) -> Tensor:\n    lt = torch.maximum(a[:, None, :2], b[None, :, :2])\n"
-    "    return lt.sum()",
-    "from torch import Tensor\nimport numpy as np\n\n\nclass Net(torch.nn.Module):\n    def __len__(self):\n        return 3",
+    "import torch\n\n\ndef box_iou(a: Tensor, b: Tensor) -> Tensor:\n"
+    "    lt = torch.maximum(a[:, None, :2], b[None, :, :2])\n    return lt.sum()",
+    "from torch import Tensor\nimport numpy as np\n\n\n"
+    "class Net(torch.nn.Module):\n    def __len__(self):\n        return 3",
     "%matplotlib inline\nimport matplotlib.pyplot as plt",
     "%timeit box_iou(a, b)",
     "boxes = torch.zeros(3, 4)  # scratch work at the top level",

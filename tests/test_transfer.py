@@ -63,6 +63,8 @@ def test_run_regime_learns_a_small_task():
     train = transfer.target_task("digits", 10, image_size=32, split="train")
     test = transfer.target_task("digits", 10, image_size=32, split="test")
     out = transfer.run_regime(torchvision.models.resnet18(weights=None), "scratch", train, test,
-                              steps=30, batch_size=32, lr=1e-3)
-    assert out["train_acc"] > 0.5  # 100 images, 30 steps: it fits the training set
+                              steps=60, batch_size=32, lr=1e-3)
+    # 100 images, 60 steps: it fits the training set (measured 0.87 and 0.90 for seeds 0 and 1; at 30 steps
+    # the same test gave 0.47 with torch 2.14: too close to the bar to say anything)
+    assert out["train_acc"] > 0.5
     assert set(out) == {"test_acc", "train_acc", "trainable", "seconds"}

@@ -504,7 +504,8 @@ def forbidden_apis(solution: NotebookNode) -> list[str]:
     """The APIs the assignment forbids, from the solution's notebook metadata ``coursekit.forbidden``."""
     forbidden = solution.metadata.get("coursekit", {}).get("forbidden", [])
     if not isinstance(forbidden, list) or not all(isinstance(f, str) and f for f in forbidden):
-        raise ValueError(f"the solution's metadata coursekit.forbidden must be a list of dotted names, got {forbidden!r}")
+        raise ValueError("the solution's metadata coursekit.forbidden must be a list of dotted names, "
+                         f"got {forbidden!r}")
     return list(forbidden)
 
 

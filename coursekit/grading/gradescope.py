@@ -32,7 +32,8 @@ _SETUP = """#!/usr/bin/env bash
 # Gradescope runs this once when the autograder image is built.
 set -euo pipefail
 apt-get update -qq
-apt-get install -y -qq python3 python3-pip python3-venv bubblewrap || apt-get install -y -qq python3 python3-pip python3-venv
+apt-get install -y -qq python3 python3-pip python3-venv bubblewrap \\
+    || apt-get install -y -qq python3 python3-pip python3-venv
 python3 -m venv /autograder/venv
 /autograder/venv/bin/pip install --quiet "/autograder/source/package[grading]"
 """

@@ -7,7 +7,8 @@
   canary wrong: the submission is flagged and the tests from there on score 0.
 * **An end marker.** Each test cell ends by printing a secret; a test whose body was skipped or cut short
   does not print it, and does not pass.
-* **A guard.** Before every answer and test cell, each forbidden API already imported (the solution's metadata) is wrapped so
+* **A guard.** Before every answer and test cell, each forbidden API already imported (the solution's
+  metadata) is wrapped so
   that a call made directly from an answer cell raises ``ForbiddenAPIError``; the instructor's cells
   still call the real thing. The static pass (``static.py``) catches the ways around it.
 """

@@ -33,8 +33,9 @@ ALLOWED_MAGICS = {"matplotlib": False, "time": True, "timeit": True}
 TAMPER_MODULES = ("IPython", "ipykernel", "importlib", "ctypes", "gc", "inspect", "builtins", "sys", "os",
                   "subprocess", "socket", "multiprocessing", "threading", "signal", "pty", "shutil",
                   "runpy", "code", "codeop", "types", "marshal", "pickle", "dill", "zmq", "jupyter_client",
-                  "coursekit.grading", "operator.attrgetter", "operator.methodcaller", "atexit", "faulthandler", "tracemalloc", "sysconfig", "site", "pathlib",
-                  "io", "tempfile", "glob", "nbformat", "nbclient", "papermill", "torch.ops", "torch.utils.cpp_extension")
+                  "coursekit.grading", "operator.attrgetter", "operator.methodcaller", "atexit", "faulthandler",
+                  "tracemalloc", "sysconfig", "site", "pathlib", "io", "tempfile", "glob", "nbformat", "nbclient",
+                  "papermill", "torch.ops", "torch.utils.cpp_extension")
 # Safe names from modules above that answers use (``os.path.join`` is not, ``sys`` attributes are not).
 TAMPER_CALLS = {"exec", "eval", "compile", "__import__", "globals", "locals", "vars", "get_ipython", "open",
                 "breakpoint", "setattr", "delattr", "exit", "quit", "input", "help"}
@@ -382,7 +383,8 @@ def instructor_imports(sources: Iterable[str]) -> dict[str, str]:
         for node in tree.body:
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    found[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+                    top = alias.name.split(".")[0]
+                    found[alias.asname or top] = alias.name if alias.asname else top
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 for alias in node.names:
                     if alias.name != "*":
