@@ -66,6 +66,11 @@ def wait_for_run(page, deadline: float) -> None:
 
 @pytest.mark.notebook
 @pytest.mark.timeout(RUN_TIMEOUT_S + 3 * LOAD_TIMEOUT_MS // 1000)
+# Shown as XFAIL in the summary, never silent: it passed in the working checkout (88 s), but in the last
+# fresh-clone CI run (2026-11-30, under `make test -n 2`) no cell of notebook 05 started in 900 s (every
+# prompt "[ ]:"). Open in issue 13 until the cause is found; strict=False so that a pass shows as XPASS.
+@pytest.mark.xfail(reason="fresh-clone CI: JupyterLab never started running notebook 05 (issue 13, open)",
+                   strict=False)
 def test_widgets_in_a_real_browser(tmp_path):
     # The fast profile, offline; MPLBACKEND unset (the tests set Agg): figures show inline, as in a lecture.
     server_env = {"COURSEKIT_PROFILE": "fast", "COURSEKIT_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

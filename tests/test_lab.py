@@ -16,8 +16,9 @@ pytest.importorskip("jupyterlab", reason="make lab's environment: pip install 'c
 
 def test_make_lab_runs_scripts_lab_sh():
     # One command for both: the test below starts what `make lab` runs.
-    dry = subprocess.run(["make", "-n", "-o", "v/.installed-lab", "lab", "VENV=v"], cwd=ROOT, capture_output=True,
-                         text=True)
+    # --no-print-directory: under `make test` this make is nested and would print "Entering directory".
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "-o", "v/.installed-lab", "lab", "VENV=v"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip().startswith("VENV=v scripts/lab.sh"), dry.stdout
 
