@@ -81,11 +81,7 @@ def protected_names(instructor_sources: Iterable[str], test_sources: Iterable[st
     """The names an answer may not rebind: bound at the top level by the assignment's own cells and read by a
     test cell that does not bind them itself (a timing helper, a data set, a reference function)."""
     free: set[str] = set()
-    for source in test_sources:
-        try:
-            tree = ast.parse(transform_cell(source))
-        except SyntaxError:
-            continue
+    for tree in _trees(test_sources):
         loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
         stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
         stored |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
@@ -96,14 +92,19 @@ def protected_names(instructor_sources: Iterable[str], test_sources: Iterable[st
 def defined_names(sources: Iterable[str]) -> set[str]:
     """Names bound at the top level of the given cells (assignments, defs, classes, imports)."""
     names: set[str] = set()
-    for source in sources:
-        try:
-            tree = ast.parse(transform_cell(source))
-        except SyntaxError:
-            continue
+    for tree in _trees(sources):
         for node in tree.body:
             names.update(_bound_names(node))
     return names
+
+
+def _trees(sources: Iterable[str]) -> Iterator[ast.Module]:
+    """Each cell parsed as IPython would run it; cells that do not parse are skipped (they fail when run)."""
+    for source in sources:
+        try:
+            yield ast.parse(transform_cell(source))
+        except SyntaxError:
+            continue
 
 
 def _bound_names(node: ast.stmt) -> Iterator[str]:
@@ -375,11 +376,7 @@ def check_answer(source: str, forbidden: Iterable[str] = (), instructor_names: I
 def instructor_imports(sources: Iterable[str]) -> dict[str, str]:
     """The imports the assignment's own cells make at the top level: bound name -> dotted path."""
     found: dict[str, str] = {}
-    for source in sources:
-        try:
-            tree = ast.parse(transform_cell(source))
-        except SyntaxError:
-            continue
+    for tree in _trees(sources):
         for node in tree.body:
             if isinstance(node, ast.Import):
                 for alias in node.names:
