@@ -81,9 +81,10 @@ site: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Remove outputs from every notebook before committing.
+# Before committing: remove outputs, then write the kernel's language_info as JupyterLab does (else it marks a notebook modified on open).
 strip: $(STAMP)
 	$(BIN)/nbstripout notebooks/*.ipynb solutions/*.ipynb assignments/*.ipynb
+	$(BIN)/python -m coursekit.course --language-info notebooks/*.ipynb solutions/*.ipynb assignments/*.ipynb
 
 # Regenerate the student notebooks from the instructor's solutions.
 assignments: $(STAMP)

@@ -6,9 +6,13 @@ against this list, so adding a notebook means adding one line here.
 
 from __future__ import annotations
 
+import json
+import platform
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["COURSE_REPO", "Notebook", "NOTEBOOKS", "colab_url", "readme_table"]
+__all__ = ["COURSE_REPO", "Notebook", "NOTEBOOKS", "colab_url", "readme_table", "language_info", "set_language_info"]
 
 COURSE_REPO = "dl4cv-course/dl4cv"  # GitHub owner/name the Colab badges and the Colab install point at
 
@@ -68,5 +72,38 @@ def readme_table() -> str:
     return "\n".join(rows)
 
 
+def language_info() -> dict:
+    """What an IPython kernel on this interpreter reports as its language (ipykernel's ``language_info``).
+
+    JupyterLab writes it into the metadata of every notebook it opens; a notebook committed with less is
+    marked modified the moment it opens. ``make strip`` therefore writes it into every notebook
+    (:func:`set_language_info`). Only ``version`` depends on the machine: a Python of another version
+    still marks a notebook modified on open, exactly as JupyterLab would after saving it there.
+    """
+    major = sys.version_info[0]
+    return {"codemirror_mode": {"name": "ipython", "version": major}, "file_extension": ".py",
+            "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+            "pygments_lexer": f"ipython{major}", "version": platform.python_version()}
+
+
+def set_language_info(paths: list[str | Path]) -> list[Path]:
+    """Write :func:`language_info` into each notebook, in the form JupyterLab saves (nbformat's JSON:
+    sorted keys, one-space indent, UTF-8). Returns the notebooks that changed."""
+    changed = []
+    for path in map(Path, paths):
+        text = path.read_text(encoding="utf-8")
+        nb = json.loads(text)
+        nb.setdefault("metadata", {})["language_info"] = language_info()
+        new = json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
 if __name__ == "__main__":
-    print(readme_table())
+    if sys.argv[1:2] == ["--language-info"]:  # make strip: python -m coursekit.course --language-info FILE...
+        for path in set_language_info(sys.argv[2:]):
+            print(f"language_info written: {path}")
+    else:
+        print(readme_table())

@@ -19,7 +19,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from coursekit.course import NOTEBOOKS, colab_url
+from coursekit.course import NOTEBOOKS, colab_url, language_info
 from coursekit.site import inline_figures, store_executed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,10 @@ def test_notebook_is_clean_and_parametrised(path):
     assert len(params) == 1, f"{path} needs exactly one cell tagged 'parameters'"
     assert "PROFILE" in "".join(params[0]["source"])
     assert nb["metadata"].get("kernelspec", {}).get("name") == "python3", f"{path}: set the Python 3 kernel"
+    # The form JupyterLab writes (else it marks the notebook modified on open); the version is the machine's.
+    stored = dict(nb["metadata"].get("language_info", {}))
+    assert stored.pop("version", None) and stored == {k: v for k, v in language_info().items() if k != "version"}, (
+        f"{path}: language_info is not the kernel's: run make strip")
     first = "".join(cells[0]["source"])
     assert cells[0]["cell_type"] == "markdown" and colab_url(path) in first, f"{path}: Colab badge missing or wrong"
 
