@@ -4,7 +4,8 @@ Taught in notebook ``09_deep_image_prior`` (deck 004; Ulyanov, Vedaldi and Lempi
 The net lives in :mod:`coursekit.models.dip`; this module holds what is done *with* it:
 
 - :func:`fit_dip` is the one optimisation loop. It knows nothing about the task: it minimises
-  ``loss_fn(net(noise))`` and, when given the clean image, records the PSNR on the way.
+  ``loss_fn(net(noise))`` and, when given the clean image, records the PSNR on the way. Its settings
+  (iterations, learning rate, optimiser, regularisers, recording) are one :class:`DIPConfig`.
 - Each task is a corruption (what the camera did) plus a loss closure over the corrupted data:
   :func:`denoising_loss`, :func:`inpainting_loss`, :func:`super_resolution_loss`. Each loss is
   zero when the net outputs the clean image, and says nothing about the pixels it cannot see.
@@ -34,6 +35,7 @@ from coursekit.metrics.image import psnr
 from coursekit.runtime import device as default_device
 
 __all__ = [
+    "DIPConfig",
     "DIPResult",
     "fit_dip",
     "LossFn",
@@ -109,32 +111,44 @@ def _make_optimizer(kind: Optimizer | Callable, params: Iterable[nn.Parameter], 
     raise ValueError(f"optimizer must be one of {_OPTIMIZERS} or a torch.optim class, got {kind!r}")
 
 
-def _check_fit_args(n_iters: int, lr: float, record_every: int, snapshot_every: int | None,
-                    reg_noise_std: float, ema: float | None) -> None:
-    if n_iters < 1:
-        raise ValueError(f"n_iters must be >= 1, got {n_iters}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if record_every < 1 or (snapshot_every is not None and snapshot_every < 1):
-        raise ValueError(f"record_every and snapshot_every must be >= 1, got {record_every}, {snapshot_every}")
-    if reg_noise_std < 0:
-        raise ValueError(f"reg_noise_std must be >= 0, got {reg_noise_std}")
-    if ema is not None and not 0 <= ema < 1:
-        raise ValueError(f"ema must be in [0, 1) or None, got {ema}")
+@dataclass(frozen=True)
+class DIPConfig:
+    """The settings of one Deep Image Prior fit (:func:`fit_dip`); what the paper tunes per task.
+
+    Frozen: make a variant with ``dataclasses.replace(config, n_iters=4000)``. A bad value is a
+    ``ValueError`` when the config is built.
+    """
+
+    n_iters: int  # gradient steps (the paper at 512 px: 3000 denoising, 2000 x4 SR, 5000+ inpainting)
+    lr: float = 0.01  # learning rate
+    optimizer: Optimizer | Callable = "adam"  # "adam" (the paper's), "sgd" (momentum 0.9) or a torch.optim class
+    reg_noise_std: float = 0.0  # std of fresh noise added to the input every step (paper, denoising: 1/30)
+    ema: float | None = None  # outputs as a moving average over iterations (paper, denoising: 0.99); None: off
+    record_every: int = 10  # loss (and PSNR) at every record_every-th iteration and at the last one
+    snapshot_every: int | None = None  # keep the output image this often; None: never
+
+    def __post_init__(self) -> None:
+        if self.n_iters < 1:
+            raise ValueError(f"n_iters must be >= 1, got {self.n_iters}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not callable(self.optimizer) and self.optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS} or a torch.optim class, got {self.optimizer!r}")
+        if self.record_every < 1 or (self.snapshot_every is not None and self.snapshot_every < 1):
+            raise ValueError(f"record_every and snapshot_every must be >= 1, got {self.record_every}, "
+                             f"{self.snapshot_every}")
+        if self.reg_noise_std < 0:
+            raise ValueError(f"reg_noise_std must be >= 0, got {self.reg_noise_std}")
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) or None, got {self.ema}")
 
 
 def fit_dip(
     net: nn.Module,
     noise: Tensor,
     loss_fn: LossFn,
-    n_iters: int,
-    lr: float = 0.01,
+    config: DIPConfig,
     *,
-    optimizer: Optimizer | Callable = "adam",
-    reg_noise_std: float = 0.0,
-    ema: float | None = None,
-    record_every: int = 10,
-    snapshot_every: int | None = None,
     clean: Tensor | None = None,
     callback: Callable[[int, Tensor, float], bool | None] | None = None,
     device: torch.device | str | None = None,
@@ -147,14 +161,8 @@ def fit_dip(
             the net you pass, so several fits can start from the same random initialisation.
         noise: the fixed input ``[1, C, H, W]`` (see :func:`coursekit.models.dip.make_noise`).
         loss_fn: the task, a closure over its corrupted data: output ``[1, 3, H, W]`` -> scalar.
-        n_iters: number of gradient steps; lr: learning rate.
-        optimizer: ``"adam"`` (the paper's), ``"sgd"`` (momentum 0.9) or a ``torch.optim`` class.
-        reg_noise_std: std of fresh Gaussian noise added to the input at every step (the paper uses
-            1/30 for denoising): a regulariser that slows down fitting the noise.
-        ema: if set (the paper's denoising uses 0.99), outputs are an exponential moving average
-            over iterations, which averages out the jitter of the last few steps.
-        record_every: record loss (and PSNR) at iterations ``record_every, 2 * record_every, ...``
-            and at the last one; snapshot_every: keep the output image as often (None: never).
+        config: iterations, learning rate, optimiser, the paper's two regularisers (input noise,
+            moving average of the outputs) and how often to record (:class:`DIPConfig`).
         clean: the clean image ``[1, 3, H, W]`` or ``[3, H, W]``, ONLY for measuring PSNR; the
             fit never uses it otherwise.
         callback: ``callback(step, output, loss)`` at each recorded step; return True to stop.
@@ -162,27 +170,29 @@ def fit_dip(
 
     Returns a :class:`DIPResult`; the inputs (``net``, ``noise``, ``clean``) are not modified.
     """
-    _check_fit_args(n_iters, lr, record_every, snapshot_every, reg_noise_std, ema)
+    if not isinstance(config, DIPConfig):
+        raise ValueError(f"config must be a DIPConfig, e.g. DIPConfig(n_iters=2000), got {type(config).__name__}")
     dev = torch.device(device) if device is not None else default_device()
     model = copy.deepcopy(net).to(dev).train()
     z = _as_batch(noise, "noise").to(dev)  # .to() copies only across devices; z is never written
     target = _as_batch(clean, "clean").to(dev) if clean is not None else None
-    opt = _make_optimizer(optimizer, model.parameters(), lr)
+    opt = _make_optimizer(config.optimizer, model.parameters(), config.lr)
     result = DIPResult(net=model, output=torch.empty(0))
     smooth: Tensor | None = None
     start = time.perf_counter()
     # Counted by hand once each step is done: a bar that tqdm iterates and that a stop leaves early ends red.
-    bar = tqdm(total=n_iters, desc="DIP", disable=not progress, leave=False)
-    for step in range(1, n_iters + 1):
-        z_in = z + reg_noise_std * torch.randn_like(z) if reg_noise_std > 0 else z
+    bar = tqdm(total=config.n_iters, desc="DIP", disable=not progress, leave=False)
+    for step in range(1, config.n_iters + 1):
+        z_in = z + config.reg_noise_std * torch.randn_like(z) if config.reg_noise_std > 0 else z
         out = model(z_in)  # (1, 3, H, W)
         loss = loss_fn(out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         with torch.no_grad():
+            ema = config.ema
             smooth = out.detach() if smooth is None or ema is None else ema * smooth + (1 - ema) * out
-        if step % record_every == 0 or step == n_iters:
+        if step % config.record_every == 0 or step == config.n_iters:
             stop = _record(result, step, smooth, loss.item(), target, callback)
             bar.set_postfix(loss=f"{result.losses[-1]:.2e}",
                             **({"psnr": f"{result.psnrs[-1]:.2f}"} if result.psnrs else {}))
@@ -191,7 +201,7 @@ def fit_dip(
                 bar.total = bar.n  # a deliberate early stop: the bar ends full, and goes
                 break
         bar.update()
-        if snapshot_every is not None and (step % snapshot_every == 0 or step == n_iters):
+        if config.snapshot_every is not None and (step % config.snapshot_every == 0 or step == config.n_iters):
             result.snapshot_steps.append(step)
             result.snapshots.append(smooth[0].detach().cpu().clone())
     bar.close()

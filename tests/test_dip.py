@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from coursekit.dip import (
+    DIPConfig,
     add_gaussian_noise,
     bicubic_upsample,
     classical_denoise,
@@ -142,8 +145,8 @@ def test_fit_dip_records_psnr_at_the_requested_iterations_and_leaves_its_inputs_
     noisy = add_gaussian_noise(clean, 0.1, generator=torch.Generator().manual_seed(0))
     net, noise = _tiny_net(), make_noise(4, 16, 16)
     before = ({k: v.clone() for k, v in net.state_dict().items()}, noise.clone(), noisy.clone(), clean.clone())
-    result = fit_dip(net, noise, denoising_loss(noisy), n_iters=25, lr=0.01, record_every=10,
-                     snapshot_every=5, clean=clean, device="cpu", progress=False)
+    result = fit_dip(net, noise, denoising_loss(noisy), DIPConfig(n_iters=25, lr=0.01, record_every=10,
+                     snapshot_every=5), clean=clean, device="cpu", progress=False)
     assert result.steps == [10, 20, 25] and len(result.losses) == len(result.psnrs) == 3
     assert result.snapshot_steps == [5, 10, 15, 20, 25] and result.snapshots[0].shape == (3, 16, 16)
     assert result.best_psnr == max(result.psnrs) and result.best_step in result.steps
@@ -160,17 +163,33 @@ def test_a_tiny_fit_reduces_the_loss_and_the_callback_can_stop_it():
     net, noise = _tiny_net(), make_noise(4, 16, 16)
     loss_fn = denoising_loss(target)
     start = loss_fn(net.train()(noise)).item()
-    result = fit_dip(net, noise, loss_fn, n_iters=60, lr=0.02, record_every=20, device="cpu", progress=False)
+    config = DIPConfig(n_iters=60, lr=0.02, record_every=20)
+    result = fit_dip(net, noise, loss_fn, config, device="cpu", progress=False)
     assert result.losses[-1] < start / 4 and result.psnrs == []
     seen: list[int] = []
-    stopped = fit_dip(net, noise, loss_fn, n_iters=60, lr=0.02, record_every=10, device="cpu", progress=False,
+    stopped = fit_dip(net, noise, loss_fn, replace(config, record_every=10), device="cpu", progress=False,
                       callback=lambda step, out, loss: seen.append(step) or step >= 20)
     assert seen == [10, 20] and stopped.steps == [10, 20]
 
 
-def test_fit_dip_rejects_bad_settings():
+def test_dip_config_rejects_bad_settings_when_built():
+    for bad, word in [({"optimizer": "rmsprop"}, "optimizer"), ({"n_iters": 0}, "n_iters"), ({"lr": 0}, "lr"),
+                      ({"record_every": 0}, "record_every"), ({"snapshot_every": 0}, "snapshot_every"),
+                      ({"reg_noise_std": -1}, "reg_noise_std"), ({"ema": 1.0}, "ema")]:
+        with pytest.raises(ValueError, match=word):
+            DIPConfig(**{"n_iters": 1, **bad})
+    assert DIPConfig(1, optimizer=torch.optim.RMSprop).optimizer is torch.optim.RMSprop  # a class is accepted
     net, noise, loss_fn = _tiny_net(), make_noise(4, 8, 8), denoising_loss(_image(8, 8))
-    with pytest.raises(ValueError, match="optimizer"):
-        fit_dip(net, noise, loss_fn, 1, optimizer="rmsprop", device="cpu", progress=False)
-    with pytest.raises(ValueError, match="n_iters"):
-        fit_dip(net, noise, loss_fn, 0, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="DIPConfig"):
+        fit_dip(net, noise, loss_fn, 1, device="cpu", progress=False)
+
+
+def test_the_config_decides_the_fit():
+    """Same config, same seed: the same fit; SGD instead of Adam: another one."""
+    net, noise, loss_fn = _tiny_net(), make_noise(4, 8, 8), denoising_loss(_image(8, 8))
+    config = DIPConfig(n_iters=5, lr=0.01, reg_noise_std=0.05, ema=0.5, record_every=5)
+    runs = []
+    for cfg in (config, config, replace(config, optimizer="sgd")):
+        torch.manual_seed(0)
+        runs.append(fit_dip(net, noise, loss_fn, cfg, device="cpu", progress=False).output)
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
