@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from coursekit.checks import as_pair
-from coursekit.ops.roi_pool import _prepare_rois
+from coursekit.ops.rois import scaled_rois
 from coursekit.runtime import threads
 
 __all__ = ["roi_align"]
@@ -101,18 +101,16 @@ def roi_align(
 
     Equal to ``torchvision.ops.roi_align`` (and its gradient w.r.t. ``input``) up to float rounding.
     """
-    rois = _prepare_rois(input, boxes)
+    batch, corners = scaled_rois(input, boxes, spatial_scale)  # (K,), (K, 4) in feature-map cells
     oh, ow = as_pair(output_size, "output_size")
     N, C, H, W = input.shape
-    K = rois.shape[0]
+    K = corners.shape[0]
     if K == 0:
         return input.new_zeros(0, C, oh, ow)
-    scale = torch.tensor(spatial_scale, dtype=input.dtype, device=input.device)
     offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (rois[:, i] * scale - offset for i in range(1, 5))
+    x1, y1, x2, y2 = (corners - offset).unbind(1)
     wy = _axis_weights(y1, y2, oh, H, sampling_ratio, aligned)  # (K, oh, H)
     wx = _axis_weights(x1, x2, ow, W, sampling_ratio, aligned)  # (K, ow, W)
-    batch = rois[:, 0].long()
     out = input.new_zeros(K, C, oh, ow)
     # One loop over the images of the batch (not over pixels): each image's RoIs share its feature map,
     # which avoids copying the map once per RoI.

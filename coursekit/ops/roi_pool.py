@@ -15,53 +15,10 @@ import torch
 from torch import Tensor
 
 from coursekit.checks import as_pair
+from coursekit.ops.rois import scaled_rois
 from coursekit.runtime import threads
 
-__all__ = ["roi_pool", "boxes_to_rois"]
-
-
-def boxes_to_rois(boxes: Tensor | list[Tensor] | tuple[Tensor, ...]) -> Tensor:
-    """Boxes in either form the RoI ops accept -> ``Tensor[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)``.
-
-    Args:
-        boxes: ``Tensor[K, 5]`` (returned as is) or a list with one ``Tensor[L_i, 4]`` of xyxy boxes
-            per image of the batch (the image index becomes column 0).
-    """
-    if isinstance(boxes, Tensor):
-        if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise ValueError(
-                f"boxes given as a Tensor must have shape [K, 5] (batch_index, x1, y1, x2, y2), "
-                f"got {list(boxes.shape)}; pass a list of Tensor[L, 4] to give boxes per image"
-            )
-        return boxes
-    if not isinstance(boxes, (list, tuple)) or not all(isinstance(b, Tensor) for b in boxes):
-        raise ValueError(
-            f"boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
-        )
-    for i, b in enumerate(boxes):
-        if b.dim() != 2 or b.shape[1] != 4:
-            raise ValueError(f"boxes[{i}] must have shape [L, 4] (x1, y1, x2, y2), got {list(b.shape)}")
-    if not boxes:
-        return torch.zeros(0, 5)
-    index = [torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)]
-    return torch.cat([torch.cat(index), torch.cat(list(boxes))], dim=1)
-
-
-def _prepare_rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
-    """Check ``input`` and return the RoIs as ``Tensor[K, 5]`` in ``input``'s dtype and device."""
-    if not isinstance(input, Tensor) or input.dim() != 4:
-        shape = list(input.shape) if isinstance(input, Tensor) else type(input).__name__
-        raise ValueError(f"input must be a feature map Tensor[N, C, H, W], got {shape}")
-    if not input.is_floating_point():
-        raise ValueError(f"input must be floating point, got {input.dtype}; use input.float()")
-    rois = boxes_to_rois(boxes).to(device=input.device, dtype=input.dtype)
-    if rois.numel() and not torch.isfinite(rois).all():
-        raise ValueError("boxes contain NaN or inf")
-    if rois.numel() and ((rois[:, 0] < 0) | (rois[:, 0] >= input.shape[0])).any():
-        raise ValueError(
-            f"a batch index in boxes[:, 0] is outside [0, {input.shape[0] - 1}] (the input's batch)"
-        )
-    return rois.detach()  # RoI ops are not differentiable w.r.t. the boxes (as in torchvision)
+__all__ = ["roi_pool"]
 
 
 def _round_half_away(x: Tensor) -> Tensor:
@@ -172,14 +129,13 @@ def roi_pool(
     may overlap, which does not change a maximum. So a bin's max is the max of 4 block maxima (2 spans
     along y times 2 along x), read from a table of every block's max computed once per feature map.
     """
-    rois = _prepare_rois(input, boxes)
+    batch, corners = scaled_rois(input, boxes, spatial_scale)  # (K,), (K, 4) in feature-map cells
     oh, ow = as_pair(output_size, "output_size")
     N, C, H, W = input.shape
-    K = rois.shape[0]
+    K = corners.shape[0]
     if K == 0:
         return input.new_zeros(0, C, oh, ow)
-    scale = torch.tensor(spatial_scale, dtype=input.dtype, device=input.device)
-    x1, y1, x2, y2 = (_round_half_away(rois[:, i] * scale).long() for i in range(1, 5))
+    x1, y1, x2, y2 = _round_half_away(corners).long().unbind(1)
     roi_w, roi_h = (x2 - x1 + 1).clamp(min=1), (y2 - y1 + 1).clamp(min=1)  # malformed boxes -> 1 cell
     h_lo, h_hi = _bin_edges(y1, roi_h, oh, H, input.dtype)  # (K, oh)
     w_lo, w_hi = _bin_edges(x1, roi_w, ow, W, input.dtype)  # (K, ow)
@@ -194,7 +150,7 @@ def roi_pool(
     values, where = _range_max_tables(input.detach().permute(0, 2, 3, 1), levels_y, levels_x, with_index)
     # Row of the tables' flattened [level, n, y, x] for each bin's 4 blocks: (K, oh, ow, 4)
     level = jy[:, :, None, None] * levels_x + jx[:, None, :, None]
-    n = rois[:, 0].long()[:, None, None, None]
+    n = batch[:, None, None, None]
     y = ys[:, :, None, :, None].expand(K, oh, ow, 2, 2).reshape(K, oh, ow, 4)
     x = xs[:, None, :, None, :].expand(K, oh, ow, 2, 2).reshape(K, oh, ow, 4)
     row = (((level * N + n) * H + y) * W + x).flatten()
