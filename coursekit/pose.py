@@ -16,6 +16,9 @@ centred at ``((j + 0.5) W / w, (i + 0.5) H / h)``. Everything below uses that on
 - :func:`affine_pose` / :func:`random_affine_pose`: rotate and scale an image and its keypoints with
   one matrix (torchvision's ``affine`` for the pixels); joints that leave the image turn invisible.
 - :func:`heatmap_loss` / :func:`pose_step`: MSE at every stack, for ``Trainer``.
+- :func:`keypoint_rcnn_target` / :func:`keypoint_rcnn_predict`: the same figures for torchvision's
+  Keypoint R-CNN (:func:`coursekit.models.torchvision_detection.torchvision_keypoint_rcnn`), the production
+  counterpart the notebook fine-tunes and scores with the same PCK.
 
 The datasets (:class:`coursekit.data.HeatmapDataset`, which wraps ``StickFigures`` or
 :class:`coursekit.data.CocoKeypoints` into ``(image, target)`` pairs with heatmaps) are in
@@ -46,6 +49,8 @@ __all__ = [
     "inside_image",
     "heatmap_loss",
     "pose_step",
+    "keypoint_rcnn_target",
+    "keypoint_rcnn_predict",
     "ROTATION",
     "SCALE",
 ]
@@ -249,3 +254,51 @@ def pose_step(model: nn.Module, batch: Any, device: torch.device) -> dict[str, T
     outputs = model(images.to(device))
     outs = [outputs] if isinstance(outputs, Tensor) else outputs
     return {"loss": heatmap_loss(outs, target), "loss_last": F.mse_loss(outs[-1].detach(), target)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Keypoint R-CNN (torchvision): the production counterpart
+# ----------------------------------------------------------------------------------------------
+def keypoint_rcnn_target(target: dict[str, Any]) -> dict[str, Tensor]:
+    """A pose target (``StickFigures``) as torchvision's Keypoint R-CNN wants it.
+
+    Args:
+        target: ``{"boxes": Tensor[P, 4] xyxy, "labels": Tensor[P], "keypoints": Tensor[K, 2] or
+            Tensor[P, K, 2] (x, y) pixels, "visible": Tensor[K] or Tensor[P, K] bool}``.
+
+    Returns ``{"boxes", "labels", "keypoints": Tensor[P, K, 3]}`` with ``(x, y, visibility)``, visibility 1
+    for a visible joint, 0 for one torchvision must ignore (hidden, or outside the image).
+    """
+    missing = {"boxes", "labels", "keypoints", "visible"} - set(target)
+    if missing:
+        raise ValueError(f"the target needs {sorted(missing)} (a StickFigures target has them)")
+    keypoints, visible = target["keypoints"], target["visible"]
+    if keypoints.dim() == 2:  # one person: (K, 2), (K,)
+        keypoints, visible = keypoints[None], visible[None]
+    if keypoints.shape[0] != target["boxes"].shape[0] or visible.shape != keypoints.shape[:2]:
+        raise ValueError(f"keypoints {list(keypoints.shape)}, visible {list(visible.shape)} and boxes "
+                         f"{list(target['boxes'].shape)} must describe the same people")
+    kp = torch.cat([keypoints.float(), visible.float()[..., None]], dim=-1)  # (P, K, 3)
+    return {"boxes": target["boxes"], "labels": target["labels"], "keypoints": kp}
+
+
+@torch.no_grad()
+def keypoint_rcnn_predict(model: nn.Module, images: Tensor | Sequence[Tensor], num_keypoints: int,
+                          batch_size: int = 50, device: torch.device | str | None = None) -> Tensor:
+    """The keypoints of the most confident person in each image: ``Tensor[N, K, 2]`` (x, y) pixels, on the CPU.
+
+    One person per image, as the stick figures and PCK assume; an image where the model finds nobody gets
+    NaN keypoints, which :func:`coursekit.metrics.pck` counts as wrong. ``images``: ``Tensor[N, 3, H, W]``
+    or a list of ``Tensor[3, H, W]`` in [0, 1]. The model is put in eval mode.
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = [im.to(dev) for im in images[start:start + batch_size]]
+        for det in model(batch):
+            if len(det["scores"]):
+                out.append(det["keypoints"][det["scores"].argmax(), :, :2].cpu())  # (K, 2)
+            else:
+                out.append(torch.full((num_keypoints, 2), float("nan")))
+    return torch.stack(out) if out else torch.zeros(0, num_keypoints, 2)

@@ -241,3 +241,55 @@ def test_coco_keypoints_crops_a_person_and_moves_the_keypoints_with_it(tmp_path)
     for k in np.flatnonzero(labelled):  # crop 50x50 -> 100x100: a bright pixel becomes a 2x2 bright patch
         x, y = target["keypoints"][k].round().long().tolist()
         assert image[0, y - 1 : y + 1, x - 1 : x + 1].mean() > 0.5, k
+
+
+# ---------------------------------------------------------------------------------------------- Keypoint R-CNN
+def test_keypoint_rcnn_target_turns_visibility_into_torchvisions_third_column():
+    image, target = StickFigures(2, 64, seed=3)[1]
+    kr = pose.keypoint_rcnn_target(target)
+    K = len(StickFigures.KEYPOINTS)
+    assert kr["keypoints"].shape == (1, K, 3) and kr["keypoints"].dtype == torch.float32
+    assert torch.equal(kr["keypoints"][0, :, :2], target["keypoints"])
+    assert torch.equal(kr["keypoints"][0, :, 2].bool(), target["visible"])
+    assert torch.equal(kr["boxes"], target["boxes"]) and torch.equal(kr["labels"], target["labels"])
+    with pytest.raises(ValueError, match="visible"):
+        pose.keypoint_rcnn_target({k: v for k, v in target.items() if k != "visible"})
+
+
+def test_torchvision_keypoint_rcnn_trains_on_the_targets_and_predict_reads_one_person_per_image():
+    from coursekit.models.torchvision_detection import torchvision_keypoint_rcnn
+    from coursekit.train import detection_step
+
+    torch.manual_seed(0)
+    K = len(StickFigures.KEYPOINTS)
+    model, weights = torchvision_keypoint_rcnn(K, pretrained=False, fpn_channels=16, box_hidden=16,
+                                               keypoint_channels=8, keypoint_layers=2)
+    assert weights == "random"
+    items = [StickFigures(2, 64, seed=4)[i] for i in range(2)]
+    batch = ([im for im, _ in items], [pose.keypoint_rcnn_target(t) for _, t in items])
+    logs = detection_step(model.train(), batch, torch.device("cpu"))
+    assert torch.isfinite(logs["loss_keypoint"]) and logs["loss_keypoint"] > 0
+    pred = pose.keypoint_rcnn_predict(model, torch.stack(batch[0]), K, batch_size=1, device="cpu")
+    assert pred.shape == (2, K, 2) and not model.training
+
+
+class _FixedDetector(torch.nn.Module):
+    """Returns the given detections whatever the images (a stand-in for a detector in eval mode)."""
+
+    def __init__(self, detections):
+        super().__init__()
+        self.detections, self.weight = detections, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        return self.detections[: len(images)]
+
+
+def test_keypoint_rcnn_predict_takes_the_best_person_and_nan_when_nobody_is_found():
+    kp = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(2, 3, 3)  # two people, 3 joints
+    found = {"scores": torch.tensor([0.3, 0.9]), "keypoints": kp}
+    nobody = {"scores": torch.zeros(0), "keypoints": torch.zeros(0, 3, 3)}
+    pred = pose.keypoint_rcnn_predict(_FixedDetector([found, nobody]), torch.zeros(2, 3, 8, 8), 3)
+    assert torch.equal(pred[0], kp[1, :, :2]) and pred[1].isnan().all()
+    # PCK counts the joints of an image without a detection as wrong
+    truth = torch.stack([kp[1, :, :2], kp[1, :, :2]])
+    assert pck(pred, truth, torch.ones(2, 3, dtype=torch.bool), 10.0, 0.2) == 0.5

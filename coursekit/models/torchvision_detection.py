@@ -1,11 +1,12 @@
-"""torchvision's two-stage detectors built for the course's small images, offline (notebooks 04 and 07).
+"""torchvision's two-stage detectors built for the course's small images, offline (notebooks 04, 07 and 08).
 
 One builder per model, sharing one backbone (:func:`resnet18_fpn`: a ResNet-18 FPN whose body gets
 :func:`coursekit.weights.load_backbone_weights`, ImageNet online and coursekit's own ResNet-18 offline),
 one anchor generator (:func:`fpn_anchor_generator`) and one argument check:
 
 - :func:`torchvision_faster_rcnn`: ``FasterRCNN`` (notebook 04's production detector);
-- :func:`torchvision_mask_rcnn`: ``MaskRCNN`` with smaller heads, so a CPU trains it in minutes (notebook 07).
+- :func:`torchvision_mask_rcnn`: ``MaskRCNN`` with smaller heads, so a CPU trains it in minutes (notebook 07);
+- :func:`torchvision_keypoint_rcnn`: ``KeypointRCNN`` likewise (notebook 08's production pose model).
 
 With ``backbone="resnet50-coco"`` each returns torchvision's COCO-pretrained model when its weights can be
 had, else the ResNet-18 FPN with one printed line. Nothing else is ever downloaded. Both return
@@ -29,6 +30,7 @@ __all__ = [
     "check_builder_args",
     "torchvision_faster_rcnn",
     "torchvision_mask_rcnn",
+    "torchvision_keypoint_rcnn",
 ]
 
 Backbone = Literal["resnet18", "resnet50-coco"]
@@ -47,6 +49,7 @@ _RESNET18_CHANNELS = (64, 128, 256, 512)  # layer1..layer4 outputs: FPN levels P
 _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")  # torchvision's unfreezing order
 _COCO_BOX_HIDDEN = 1024  # representation size of the COCO models' box head
 _COCO_MASK_CHANNELS = 256  # channels of the COCO model's mask head
+_COCO_KEYPOINT_CHANNELS = 512  # channels of the COCO model's keypoint head
 
 
 def resnet18_fpn(pretrained: bool, trainable_layers: int, fpn_channels: int, verbose: bool = True):
@@ -161,6 +164,86 @@ def torchvision_mask_rcnn(
     return model, source
 
 
+def _coco_keypoint_rcnn(num_keypoints: int, num_classes: int, trainable_layers: int, **common: Any):
+    """torchvision's COCO Keypoint R-CNN with new box and keypoint predictors (our joints are not COCO's 17)."""
+    from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights, keypointrcnn_resnet50_fpn
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
+
+    model = keypointrcnn_resnet50_fpn(weights=KeypointRCNN_ResNet50_FPN_Weights.COCO_V1, weights_backbone=None,
+                                      trainable_backbone_layers=trainable_layers, **common)
+    model.roi_heads.box_predictor = FastRCNNPredictor(_COCO_BOX_HIDDEN, num_classes)
+    model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(_COCO_KEYPOINT_CHANNELS, num_keypoints)
+    return model
+
+
+def torchvision_keypoint_rcnn(
+    num_keypoints: int,
+    *,
+    num_classes: int = 2,
+    backbone: Backbone = "resnet18",
+    pretrained: bool = True,
+    min_size: int = 64,
+    max_size: int = 64,
+    anchor_sizes: Sequence[int] = (12, 24, 48, 96, 192),
+    trainable_layers: int = 3,
+    fpn_channels: int = 64,
+    box_hidden: int = 256,
+    keypoint_channels: int = 64,
+    keypoint_layers: int = 4,
+    verbose: bool = True,
+    **kwargs: Any,
+) -> tuple[torchvision.models.detection.KeypointRCNN, str]:
+    """torchvision's ``KeypointRCNN`` for the course's small images, built without any download (notebook 08).
+
+    Faster R-CNN finds the people; a head on 14 x 14 RoIAlign features predicts one 56 x 56 heatmap per
+    keypoint inside each person's box, trained with a cross-entropy over the heatmap's cells.
+
+    Args:
+        num_keypoints: joints per person (``StickFigures``: 15; COCO: 17).
+        num_classes: with the background (2: background and person).
+        backbone, pretrained, min_size, max_size, anchor_sizes, trainable_layers, fpn_channels, box_hidden:
+            as :func:`torchvision_mask_rcnn` (``"resnet50-coco"``: torchvision's COCO Keypoint R-CNN with new
+            box and keypoint predictors, when its weights can be had).
+        keypoint_channels, keypoint_layers: the keypoint head's 3x3 convs (torchvision: 8 of 512 channels;
+            4 of 64 here so that a CPU fine-tunes it in minutes). Ignored by ``"resnet50-coco"``.
+        **kwargs: passed to ``KeypointRCNN``; they override :data:`SMALL_IMAGE_SETTINGS`.
+
+    Returns ``(model, weights)`` as :func:`torchvision_mask_rcnn`. Forward: a list of ``Tensor[3, H, W]``
+    in [0, 1] (+ targets ``{"boxes", "labels", "keypoints": Tensor[N, K, 3] (x, y, visibility)}`` in train
+    mode; :func:`coursekit.pose.keypoint_rcnn_target` makes them) -> a loss dict (train) or per image
+    ``{"boxes", "labels", "scores", "keypoints": [N, K, 3], "keypoints_scores": [N, K]}``.
+    """
+    from torchvision.models.detection import KeypointRCNN, KeypointRCNN_ResNet50_FPN_Weights
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+
+    from coursekit.weights import available
+
+    check_builder_args(num_classes, backbone, trainable_layers, min_size, max_size)
+    if not isinstance(num_keypoints, int) or num_keypoints < 1:
+        raise ValueError(f"num_keypoints must be a positive int (StickFigures: 15), got {num_keypoints!r}")
+    common = {**SMALL_IMAGE_SETTINGS, "min_size": min_size, "max_size": max_size,
+              "rpn_anchor_generator": fpn_anchor_generator(anchor_sizes), **kwargs}
+    if backbone == "resnet50-coco" and pretrained:
+        if available(KeypointRCNN_ResNet50_FPN_Weights.COCO_V1):
+            return _coco_keypoint_rcnn(num_keypoints, num_classes, trainable_layers, **common), "coco"
+        if verbose:
+            print("coursekit: COCO Keypoint R-CNN weights unavailable (offline): using a ResNet-18 FPN instead")
+    body, source = resnet18_fpn(pretrained, trainable_layers, fpn_channels, verbose)
+    pool = body.out_channels * 7 * 7  # the box head sees 7 x 7 RoI features
+    model = KeypointRCNN(
+        body,
+        num_classes=None,
+        box_head=TwoMLPHead(pool, box_hidden),
+        box_predictor=FastRCNNPredictor(box_hidden, num_classes),
+        keypoint_head=KeypointRCNNHeads(body.out_channels, (keypoint_channels,) * keypoint_layers),
+        keypoint_predictor=KeypointRCNNPredictor(keypoint_channels, num_keypoints),
+        **common,
+    )
+    return model, source
+
+
 def check_builder_args(num_classes: int, backbone: str, trainable_layers: int, min_size: int, max_size: int) -> None:
     """``ValueError`` naming the bad argument of a torchvision detector builder."""
     if backbone not in _BACKBONES:
@@ -252,3 +335,18 @@ register_model("torchvision_mask_rcnn", lambda *a, **kw: torchvision_mask_rcnn(*
                family="torchvision_detection",
                smoke=Smoke({**_TINY, "fpn_channels": 16, "box_hidden": 16, "mask_channels": 8}, _smoke_batch,
                            [()] * 5))
+
+
+def _keypoint_smoke_batch(g: torch.Generator) -> tuple:
+    """Two 64 px images with one person of 3 keypoints each (the last one not visible): ``(images, targets)``."""
+    images, targets = _smoke_batch(g)
+    keypoints = torch.tensor([[[12.0, 12.0, 1.0], [24.0, 30.0, 1.0], [30.0, 40.0, 0.0]]])  # (1, 3, 3)
+    targets = [{"boxes": t["boxes"], "labels": t["labels"], "keypoints": keypoints + i * 10} for i, t in
+               enumerate(targets)]
+    return images, targets
+
+
+register_model("torchvision_keypoint_rcnn", lambda *a, **kw: torchvision_keypoint_rcnn(*a, **kw)[0],
+               family="torchvision_detection",
+               smoke=Smoke({"num_keypoints": 3, "pretrained": False, "fpn_channels": 16, "box_hidden": 16,
+                            "keypoint_channels": 8, "keypoint_layers": 2}, _keypoint_smoke_batch, [()] * 5))
