@@ -293,3 +293,18 @@ def test_keypoint_rcnn_predict_takes_the_best_person_and_nan_when_nobody_is_foun
     # PCK counts the joints of an image without a detection as wrong
     truth = torch.stack([kp[1, :, :2], kp[1, :, :2]])
     assert pck(pred, truth, torch.ones(2, 3, dtype=torch.bool), 10.0, 0.2) == 0.5
+
+
+def test_keypoint_rcnn_offline_falls_back_to_the_resnet18_fpn_in_one_line(monkeypatch, capsys):
+    from coursekit.models.torchvision_detection import torchvision_keypoint_rcnn
+
+    monkeypatch.setenv("COURSEKIT_OFFLINE", "1")
+    monkeypatch.setattr("coursekit.weights.is_cached", lambda weights: False)  # no COCO file on this disk
+    monkeypatch.setattr("coursekit.weights.load_backbone_weights", lambda body, verbose=True: "coursekit-shapes")
+    model, weights = torchvision_keypoint_rcnn(15, backbone="resnet50-coco", keypoint_channels=8)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines == ["coursekit: COCO Keypoint R-CNN weights unavailable (offline): using a ResNet-18 FPN instead"]
+    assert weights == "coursekit-shapes" and model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 15
+    assert model.transform.min_size == (64,)
+    with pytest.raises(ValueError, match="num_keypoints"):
+        torchvision_keypoint_rcnn(0, pretrained=False)

@@ -79,6 +79,35 @@ def fpn_anchor_generator(anchor_sizes: Sequence[int]):
     return AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
 
 
+def _small_image_kwargs(min_size: int, max_size: int, anchor_sizes: Sequence[int], **kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments every builder passes to torchvision: :data:`SMALL_IMAGE_SETTINGS`, the input size
+    and the anchors; ``kwargs`` override them."""
+    return {**SMALL_IMAGE_SETTINGS, "min_size": min_size, "max_size": max_size,
+            "rpn_anchor_generator": fpn_anchor_generator(anchor_sizes), **kwargs}
+
+
+def _use_coco(weights: Any, what: str, backbone: str, pretrained: bool, verbose: bool) -> bool:
+    """Whether to build torchvision's COCO-pretrained ``what``: asked for, and ``weights`` can be had;
+    when they cannot, one printed line says that the ResNet-18 FPN is used instead."""
+    from coursekit.weights import available
+
+    if backbone != "resnet50-coco" or not pretrained:
+        return False
+    if available(weights):
+        return True
+    if verbose:
+        print(f"coursekit: COCO {what} weights unavailable (offline): using a ResNet-18 FPN instead")
+    return False
+
+
+def _box_heads(out_channels: int, box_hidden: int, num_classes: int) -> dict[str, Any]:
+    """The box head (two FC layers of ``box_hidden`` on 7 x 7 RoI features) and its predictor."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+    return {"box_head": TwoMLPHead(out_channels * 7 * 7, box_hidden),
+            "box_predictor": FastRCNNPredictor(box_hidden, num_classes)}
+
+
 def _coco_mask_rcnn(num_classes: int, trainable_layers: int, **common: Any):
     """torchvision's COCO Mask R-CNN with new box and mask predictors for ``num_classes``."""
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights, maskrcnn_resnet50_fpn
@@ -137,26 +166,17 @@ def torchvision_mask_rcnn(
     dict (train) or per image ``{"boxes": [N, 4], "labels": [N], "scores": [N], "masks": [N, 1, H, W]}``.
     """
     from torchvision.models.detection import MaskRCNN, MaskRCNN_ResNet50_FPN_Weights
-    from torchvision.models.detection.faster_rcnn import TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-    from coursekit.weights import available
-
     check_builder_args(num_classes, backbone, trainable_layers, min_size, max_size)
-    common = {**SMALL_IMAGE_SETTINGS, "min_size": min_size, "max_size": max_size,
-              "rpn_anchor_generator": fpn_anchor_generator(anchor_sizes), **kwargs}
-    if backbone == "resnet50-coco" and pretrained:
-        if available(MaskRCNN_ResNet50_FPN_Weights.COCO_V1):
-            return _coco_mask_rcnn(num_classes, trainable_layers, **common), "coco"
-        if verbose:
-            print("coursekit: COCO Mask R-CNN weights unavailable (offline): using a ResNet-18 FPN instead")
+    common = _small_image_kwargs(min_size, max_size, anchor_sizes, **kwargs)
+    if _use_coco(MaskRCNN_ResNet50_FPN_Weights.COCO_V1, "Mask R-CNN", backbone, pretrained, verbose):
+        return _coco_mask_rcnn(num_classes, trainable_layers, **common), "coco"
     body, source = resnet18_fpn(pretrained, trainable_layers, fpn_channels, verbose)
-    pool = body.out_channels * 7 * 7  # the box head sees 7 x 7 RoI features
     model = MaskRCNN(
         body,
         num_classes=None,
-        box_head=TwoMLPHead(pool, box_hidden),
-        box_predictor=torchvision.models.detection.faster_rcnn.FastRCNNPredictor(box_hidden, num_classes),
+        **_box_heads(body.out_channels, box_hidden, num_classes),
         mask_head=MaskRCNNHeads(body.out_channels, (mask_channels,) * 4, dilation=1),
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes),
         **common,
@@ -215,28 +235,19 @@ def torchvision_keypoint_rcnn(
     ``{"boxes", "labels", "scores", "keypoints": [N, K, 3], "keypoints_scores": [N, K]}``.
     """
     from torchvision.models.detection import KeypointRCNN, KeypointRCNN_ResNet50_FPN_Weights
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
-
-    from coursekit.weights import available
 
     check_builder_args(num_classes, backbone, trainable_layers, min_size, max_size)
     if not isinstance(num_keypoints, int) or num_keypoints < 1:
         raise ValueError(f"num_keypoints must be a positive int (StickFigures: 15), got {num_keypoints!r}")
-    common = {**SMALL_IMAGE_SETTINGS, "min_size": min_size, "max_size": max_size,
-              "rpn_anchor_generator": fpn_anchor_generator(anchor_sizes), **kwargs}
-    if backbone == "resnet50-coco" and pretrained:
-        if available(KeypointRCNN_ResNet50_FPN_Weights.COCO_V1):
-            return _coco_keypoint_rcnn(num_keypoints, num_classes, trainable_layers, **common), "coco"
-        if verbose:
-            print("coursekit: COCO Keypoint R-CNN weights unavailable (offline): using a ResNet-18 FPN instead")
+    common = _small_image_kwargs(min_size, max_size, anchor_sizes, **kwargs)
+    if _use_coco(KeypointRCNN_ResNet50_FPN_Weights.COCO_V1, "Keypoint R-CNN", backbone, pretrained, verbose):
+        return _coco_keypoint_rcnn(num_keypoints, num_classes, trainable_layers, **common), "coco"
     body, source = resnet18_fpn(pretrained, trainable_layers, fpn_channels, verbose)
-    pool = body.out_channels * 7 * 7  # the box head sees 7 x 7 RoI features
     model = KeypointRCNN(
         body,
         num_classes=None,
-        box_head=TwoMLPHead(pool, box_hidden),
-        box_predictor=FastRCNNPredictor(box_hidden, num_classes),
+        **_box_heads(body.out_channels, box_hidden, num_classes),
         keypoint_head=KeypointRCNNHeads(body.out_channels, (keypoint_channels,) * keypoint_layers),
         keypoint_predictor=KeypointRCNNPredictor(keypoint_channels, num_keypoints),
         **common,
@@ -295,22 +306,17 @@ def torchvision_faster_rcnn(
     from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-    from coursekit.weights import available
-
     check_builder_args(num_classes, backbone, trainable_layers, min_size, max_size)
     common = dict(min_size=min_size, max_size=max_size, rpn_anchor_generator=fpn_anchor_generator(anchor_sizes),
                   box_batch_size_per_image=box_batch_size_per_image,
                   rpn_post_nms_top_n_train=rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
                   **kwargs)
     coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
-    if backbone == "resnet50-coco" and pretrained:
-        if available(coco):
-            model = fasterrcnn_resnet50_fpn(weights=coco, weights_backbone=None,
-                                            trainable_backbone_layers=trainable_layers, **common)
-            model.roi_heads.box_predictor = FastRCNNPredictor(_COCO_BOX_HIDDEN, num_classes)  # a new head
-            return model, "coco"
-        if verbose:
-            print("coursekit: COCO Faster R-CNN weights unavailable (offline): using a ResNet-18 FPN instead")
+    if _use_coco(coco, "Faster R-CNN", backbone, pretrained, verbose):
+        model = fasterrcnn_resnet50_fpn(weights=coco, weights_backbone=None,
+                                        trainable_backbone_layers=trainable_layers, **common)
+        model.roi_heads.box_predictor = FastRCNNPredictor(_COCO_BOX_HIDDEN, num_classes)  # a new head
+        return model, "coco"
     body, source = resnet18_fpn(pretrained, trainable_layers, fpn_channels, verbose)
     return FasterRCNN(body, num_classes=num_classes, **common), source
 
