@@ -68,3 +68,38 @@ def test_run_regime_learns_a_small_task():
     # the same test gave 0.47 with torch 2.14: too close to the bar to say anything)
     assert out["train_acc"] > 0.5
     assert set(out) == {"test_acc", "train_acc", "trainable", "seconds"}
+
+
+@pytest.mark.parametrize("regime", ["linear_probe", "finetune_top", "finetune_all"])
+def test_regimes_freeze_what_timms_freeze_freezes_and_compute_the_same(regime):
+    """Production counterpart: timm's ResNet-18 (same parameter names) with ``reset_classifier`` and
+    ``timm.utils.freeze`` (frozen BatchNorm -> FrozenBatchNorm2d) trains the same parameters and, in train
+    mode, computes the same outputs and gradients as our regime with ``frozen_to_eval``."""
+    timm = pytest.importorskip("timm")
+    from timm.utils.model import freeze
+
+    from coursekit.train import frozen_to_eval
+
+    torch.manual_seed(0)
+    ours = torchvision.models.resnet18(weights=None)
+    for m in ours.modules():  # pretrained-like BatchNorm statistics, so that "frozen" matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    theirs = timm.create_model("resnet18", pretrained=False)
+    theirs.load_state_dict(ours.state_dict())
+    transfer.prepare(ours, regime, num_classes=5)
+    theirs.reset_classifier(5)
+    theirs.fc.load_state_dict(ours.fc.state_dict())  # the same fresh head in both
+    frozen = [b for b in transfer.BLOCKS if b not in transfer._TRAINABLE[regime]]
+    if frozen:
+        freeze(theirs, frozen)
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in theirs.named_parameters() if p.requires_grad}
+    x = torch.rand(4, 3, 32, 32)
+    out_ours, out_theirs = frozen_to_eval(ours.train())(x), theirs.train()(x)
+    torch.testing.assert_close(out_ours, out_theirs, rtol=1e-3, atol=1e-4)  # FrozenBatchNorm2d rounds differently
+    out_ours.sum().backward()
+    out_theirs.sum().backward()
+    grad = ours.fc.weight.grad  # the features the head sees, summed over the batch
+    torch.testing.assert_close(grad, theirs.fc.weight.grad, rtol=1e-3, atol=1e-4 * grad.abs().max().item())
