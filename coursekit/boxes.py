@@ -24,6 +24,7 @@ from coursekit.runtime import threads
 __all__ = [
     "BoxFormat",
     "FORMATS",
+    "BBOX_XFORM_CLIP",
     "box_convert",
     "box_area",
     "box_inter_union",
@@ -40,8 +41,9 @@ __all__ = [
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
 
-# torchvision clamps dw, dh before exp() so a wild prediction cannot produce an infinite box.
-_BBOX_XFORM_CLIP = math.log(1000.0 / 16)
+# torchvision clamps dw, dh before exp() so a wild prediction cannot produce an infinite box
+# (decode_boxes here, YOLOv2's log-scale sizes in coursekit.detection).
+BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
 def check_boxes(boxes: Tensor, name: str = "boxes", *, require_float: bool = True, xyxy: bool = True) -> None:
@@ -104,17 +106,24 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def box_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
-    """Intersection and union areas of every pair: xyxy Tensor[N, 4] x Tensor[M, 4] -> (Tensor[N, M],
-    Tensor[N, M]). Unchecked (the callers check): the one place box overlap is computed; :func:`box_iou`,
-    :func:`generalized_box_iou` and COCO's crowd rule (:mod:`coursekit.metrics.detection`) build on it."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # (N, M, 2)
+def _paired_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection and union areas of matching pairs: xyxy ``Tensor[..., 4]`` x ``Tensor[..., 4]``
+    (broadcast) -> ``(Tensor[...], Tensor[...])``. The one place box overlap is computed."""
+    top_left = torch.max(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.min(boxes1[..., 2:], boxes2[..., 2:])
     wh = (bottom_right - top_left).clamp(min=0)  # no overlap -> 0, not a negative area
     inter = wh[..., 0] * wh[..., 1]
-    return inter, area1[:, None] + area2[None, :] - inter
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    return inter, area1 + area2 - inter
+
+
+def box_inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
+    """Intersection and union areas of every pair: xyxy Tensor[N, 4] x Tensor[M, 4] -> (Tensor[N, M],
+    Tensor[N, M]). Unchecked (the callers check): :func:`box_iou`, :func:`generalized_box_iou` and COCO's
+    crowd rule (:mod:`coursekit.metrics.detection`) build on it, :func:`paired_box_iou` on the same
+    pairwise overlap."""
+    return _paired_inter_union(boxes1[:, None, :], boxes2[None, :, :])  # (N, M), (N, M)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -135,11 +144,8 @@ def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     if boxes1.shape[-1] != 4 or boxes2.shape[-1] != 4:
         raise ValueError(f"boxes must be Tensor[..., 4], got {list(boxes1.shape)} and {list(boxes2.shape)}")
-    wh = (torch.min(boxes1[..., 2:], boxes2[..., 2:]) - torch.max(boxes1[..., :2], boxes2[..., :2])).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    return inter / (area1 + area2 - inter).clamp(min=1e-9)
+    inter, union = _paired_inter_union(boxes1, boxes2)
+    return inter / union.clamp(min=1e-9)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -301,7 +307,7 @@ def decode_boxes(
     rel_codes: Tensor,
     boxes: Tensor,
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
-    clamp: float = _BBOX_XFORM_CLIP,
+    clamp: float = BBOX_XFORM_CLIP,
 ) -> Tensor:
     """Apply deltas (Tensor[N, 4]: dx, dy, dw, dh) to ``boxes`` (Tensor[N, 4] xyxy): the inverse of
     :func:`encode_boxes`. -> Tensor[N, 4] xyxy. ``dw``/``dh`` are clamped at ``clamp`` before ``exp`` so a

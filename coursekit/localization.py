@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from coursekit.boxes import box_convert, box_iou
+from coursekit.boxes import box_convert, paired_box_iou
 from coursekit.models.localization import LocalizationNet
 from coursekit.train import frozen_to_eval
 
@@ -124,7 +124,7 @@ def evaluate(model: LocalizationNet, data: TensorDataset, device: torch.device |
         predicted = logits.argmax(1).cpu()
         pred_boxes = LocalizationNet.pick_boxes(boxes.cpu(), predicted)
         gt_boxes = to_pixels_xyxy(gt[i : i + batch_size], size)
-        iou = box_iou(to_pixels_xyxy(pred_boxes, size), gt_boxes).diagonal()  # each box with its own truth
+        iou = paired_box_iou(to_pixels_xyxy(pred_boxes, size), gt_boxes)  # each box with its own truth
         correct.append(predicted == labels[i : i + batch_size])
         ious.append(iou)
     correct_t, iou_t = torch.cat(correct), torch.cat(ious)

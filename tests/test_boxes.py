@@ -175,3 +175,13 @@ def test_decode_clamps_wild_deltas():
     assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="must match"):
         B.encode_boxes(proposals, proposals.repeat(2, 1))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_paired_box_iou_is_the_diagonal_of_torchvisions_box_iou_and_broadcasts(seed):
+    a, b = random_boxes(50, seed, min_wh=0.5), random_boxes(50, seed + 100, min_wh=0.5)
+    paired = B.paired_box_iou(a, b)
+    torch.testing.assert_close(paired, tvops.box_iou(a, b).diagonal())
+    torch.testing.assert_close(B.paired_box_iou(a[:, None], b[None]), tvops.box_iou(a, b))  # broadcast: every pair
+    empty = torch.zeros(1, 4)
+    assert B.paired_box_iou(empty, empty).item() == 0.0  # not NaN: used inside losses
