@@ -14,7 +14,7 @@ from torchvision.models.detection.ssd import SSD as TorchvisionSSD
 from coursekit.anchors import hard_negative_mining
 from coursekit.boxes import decode_boxes
 from coursekit.detection import SSD_BOX_WEIGHTS, ssd_decode, ssd_loss, ssd_step, ssd_targets
-from coursekit.models.ssd import FPN, SSD
+from coursekit.models.ssd import FPN, SSD, SSDConfig
 
 IMAGE, C = 64, 3
 
@@ -154,3 +154,17 @@ def test_fpn_passes_coarse_information_to_fine_levels():
     assert [o.shape for o in out] == [(1, 4, 8, 8), (1, 4, 4, 4)]
     changed = fpn([fine, coarse + 1.0])[0]
     assert not torch.allclose(changed, out[0])  # the fine level depends on the coarse one
+
+
+def test_ssd_from_config_builds_the_same_network_as_the_keywords():
+    config = SSDConfig(image_size=IMAGE, strides=(16, 32), widths=(8, 8, 16, 16, 16), fpn=True, fpn_channels=8)
+    torch.manual_seed(0)
+    built = SSD.from_config(C, config)
+    torch.manual_seed(0)
+    direct = _model(strides=(16, 32), fpn=True, fpn_channels=8)
+    assert torch.equal(built.anchors, direct.anchors) and built.strides == (16, 32)
+    pairs = zip(built.state_dict().values(), direct.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert SSD.from_config(C).image_size == SSDConfig().image_size  # None: the defaults
+    with pytest.raises(ValueError, match="strides"):
+        SSD.from_config(C, SSDConfig(image_size=IMAGE, strides=(32, 16)))
