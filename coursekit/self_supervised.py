@@ -13,6 +13,8 @@ used; the quality of what the encoder learned is measured afterwards with labels
   comparable. K is decoupled from the batch size.
 - BYOL (Grill et al., 2020) needs no negatives at all: a predictor and the momentum target stop the
   collapse (pointer only).
+- The baseline, ``method="supervised"``: the same encoder, batches, views and optimiser, with the labels
+  and a cross-entropy loss instead; so "self-supervised vs supervised at the same budget" compares losses only.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ __all__ = [
     "pretrain",
     "extract_features",
     "linear_probe",
+    "finetune",
 ]
 
-Method = Literal["simclr", "moco"]
-METHODS: tuple[str, ...] = ("simclr", "moco")
+Method = Literal["simclr", "moco", "supervised"]
+METHODS: tuple[str, ...] = ("simclr", "moco", "supervised")
 
 
 def _normalise(images: Tensor) -> Tensor:
@@ -148,15 +151,14 @@ def moco_loss(q: Tensor, k: Tensor, queue: Tensor, tau: float = 0.2) -> Tensor:
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
-def _batches(images: Tensor, steps: int, batch_size: int, generator: torch.Generator):
-    """``steps`` batches of ``batch_size`` images, sweeping through ``images`` in a fresh order each epoch."""
-    n = len(images)
+def _batches(n: int, steps: int, batch_size: int, generator: torch.Generator):
+    """``steps`` batches of ``batch_size`` indices into ``n`` items, a fresh order each epoch."""
     order = torch.randperm(n, generator=generator)
     position = 0
     for _ in range(steps):
         if position + batch_size > n:
             order, position = torch.randperm(n, generator=generator), 0
-        yield images[order[position : position + batch_size]]
+        yield order[position : position + batch_size]
         position += batch_size
 
 
@@ -172,6 +174,7 @@ def pretrain(
     queue_size: int = 1024,
     momentum: float = 0.99,
     augment: SimCLRAugment | None = None,
+    labels: Tensor | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = True,
@@ -183,8 +186,9 @@ def pretrain(
         encoder: images ``[B, 3, H, W]`` (ImageNet-normalised) -> features ``[B, D]``
             (:func:`resnet18_encoder`, :func:`small_convnet`).
         images (Tensor[N, 3, H, W]): unlabelled images in [0, 1]; ``batch_size <= N``.
-        method: ``"simclr"`` (batch negatives, :func:`~coursekit.losses.nt_xent_loss`) or ``"moco"``
-            (a momentum key encoder and a queue of ``queue_size`` negatives, :func:`moco_loss`).
+        method: ``"simclr"`` (batch negatives, :func:`~coursekit.losses.nt_xent_loss`), ``"moco"``
+            (a momentum key encoder and a queue of ``queue_size`` negatives, :func:`moco_loss`), or the
+            baseline ``"supervised"``: cross-entropy of a linear head on one view, with ``labels`` (Tensor[N] int).
         steps, batch_size: optimiser steps and images per step (each image gives two views).
         tau: temperature. lr: AdamW learning rate, one-cycle schedule.
         momentum: MoCo's key-encoder EMA.
@@ -202,10 +206,15 @@ def pretrain(
         raise ValueError(f"batch_size must be between 2 and the number of images ({len(images)}), got {batch_size}")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if (method == "supervised") != (labels is not None) or (labels is not None and len(labels) != len(images)):
+        raise ValueError("labels (Tensor[N], one per image) are needed by method='supervised' and only by it")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     augment = augment or SimCLRAugment(generator=generator)
-    model = ContrastiveModel(encoder).to(device).train()
+    if method == "supervised":
+        model = nn.Sequential(encoder, nn.Linear(_feature_dim(encoder), int(labels.max()) + 1)).to(device).train()
+    else:
+        model = ContrastiveModel(encoder).to(device).train()
     key_model = queue = None
     if method == "moco":
         key_model = copy.deepcopy(model).requires_grad_(False)
@@ -214,13 +223,17 @@ def pretrain(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(_batches(images, steps, batch_size, generator), total=steps, desc=f"{method} pretraining",
+    bar = tqdm(_batches(len(images), steps, batch_size, generator), total=steps, desc=f"{method} pretraining",
                disable=not progress)
-    for step, batch in enumerate(bar):
-        v1, v2 = (_normalise(v.to(device)) for v in two_views(batch, augment))
-        if method == "simclr":
+    for step, index in enumerate(bar):
+        if method == "supervised":  # one view and its label
+            view = _normalise(augment(images[index]).to(device))
+            loss = F.cross_entropy(model(view), labels[index].to(device))
+        elif method == "simclr":
+            v1, v2 = (_normalise(v.to(device)) for v in two_views(images[index], augment))
             loss = nt_xent_loss(model(v1), model(v2), tau)
         else:
+            v1, v2 = (_normalise(v.to(device)) for v in two_views(images[index], augment))
             with torch.no_grad():
                 for p_k, p_q in zip(key_model.parameters(), model.parameters(), strict=True):
                     p_k.mul_(momentum).add_(p_q.detach(), alpha=1 - momentum)
@@ -267,3 +280,32 @@ def linear_probe(encoder: nn.Module, train: tuple[Tensor, Tensor], test: tuple[T
     clf = LogisticRegression(C=C, max_iter=2000)
     clf.fit(scaler.transform(x_train), np.asarray(train[1]))
     return float((clf.predict(scaler.transform(x_test)) == np.asarray(test[1])).mean())
+
+
+def finetune(encoder: nn.Module, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], *, steps: int = 100,
+             batch_size: int = 32, lr: float = 1e-3, device: torch.device | str = "cpu", seed: int = 0) -> float:
+    """Test accuracy after fine-tuning a copy of ``encoder`` and a new linear head, every layer, on ``train``.
+
+    ``train`` / ``test`` as for :func:`linear_probe`. AdamW, one-cycle schedule, ``steps`` random batches
+    (a few labels per class: the "few-label fine-tune" score). ``encoder`` itself is left unchanged.
+    """
+    images, labels = train
+    if steps < 1 or len(images) != len(labels):
+        raise ValueError(f"need steps >= 1 and one label per image, got steps={steps}, {len(images)} images, "
+                         f"{len(labels)} labels")
+    generator = torch.Generator().manual_seed(seed)
+    encoder = copy.deepcopy(encoder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(encoder, nn.Linear(_feature_dim(encoder), int(labels.max()) + 1)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.2)
+    for _ in range(steps):
+        index = torch.randint(len(images), (min(batch_size, len(images)),), generator=generator)
+        loss = F.cross_entropy(model(images[index].to(device)), labels[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    logits = extract_features(model, test[0], device)
+    return float((logits.argmax(1) == test[1]).float().mean())

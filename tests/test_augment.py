@@ -13,22 +13,22 @@ def _images(n=4, size=16):
 
 def test_identity_settings_change_nothing():
     images = _images()
-    same = SimCLRAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter=0.0, grey_p=0.0)
+    same = SimCLRAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter=0.0, hue=0.0, grey_p=0.0)
     assert torch.allclose(same(images), images, atol=1e-5)
 
 
 def test_flip_and_grey_match_torchvision():
     images = _images()
-    flip = SimCLRAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0, jitter=0.0, grey_p=0.0)
+    flip = SimCLRAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=1.0, jitter=0.0, hue=0.0, grey_p=0.0)
     assert torch.allclose(flip(images), images.flip(-1), atol=1e-5)
-    grey = SimCLRAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter=0.0, grey_p=1.0)
+    grey = SimCLRAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter=0.0, hue=0.0, grey_p=1.0)
     expected = TF.rgb_to_grayscale(images, num_output_channels=3)
     assert torch.allclose(grey(images), expected, atol=1e-5)
 
 
 def test_colour_factors_match_torchvision():
     images = _images()
-    aug = SimCLRAugment(jitter_p=1.0, generator=torch.Generator().manual_seed(1))
+    aug = SimCLRAugment(jitter_p=1.0, hue=0.0, generator=torch.Generator().manual_seed(1))
     # re-draw the same factors: brightness, (keep mask), contrast, (keep), saturation, (keep)
     g = torch.Generator().manual_seed(1)
     f = []
@@ -42,6 +42,17 @@ def test_colour_factors_match_torchvision():
         x = TF.adjust_saturation(x, float(f[2][i]))
         if not torch.allclose(out[i], TF.rgb_to_grayscale(x, 3), atol=1e-5):  # unless it was turned grey
             assert torch.allclose(out[i], x, atol=1e-5)
+
+
+def test_hue_rotation_keeps_greys_and_permutes_channels_at_a_third_of_a_turn():
+    images, aug = _images(), SimCLRAugment()
+    third = aug.hue_rotation(images, torch.full((4,), 1 / 3))
+    assert torch.allclose(third, images[:, [2, 0, 1]], atol=1e-5)  # R -> G -> B
+    assert torch.allclose(aug.hue_rotation(images, torch.zeros(4)), images, atol=1e-6)
+    grey = images.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    assert torch.allclose(aug.hue_rotation(grey, torch.rand(4)), grey, atol=1e-5)
+    # a small rotation is close to torchvision's HSV hue shift (not equal: HSV's hexagon is not a circle)
+    assert (aug.hue_rotation(images, torch.full((4,), 0.05)) - TF.adjust_hue(images, 0.05)).abs().mean() < 0.05
 
 
 def test_views_are_random_reproducible_and_in_range():
@@ -60,5 +71,7 @@ def test_bad_input():
         SimCLRAugment(flip_p=1.5)
     with pytest.raises(ValueError, match="jitter"):
         SimCLRAugment(jitter=1.0)
+    with pytest.raises(ValueError, match="hue"):
+        SimCLRAugment(hue=0.7)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         SimCLRAugment()(torch.rand(3, 8, 8))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from coursekit.self_supervised import (
     ContrastiveModel,
     MoCoQueue,
+    finetune,
     linear_probe,
     moco_loss,
     pretrain,
@@ -41,12 +42,13 @@ def test_queue_replaces_the_oldest_keys():
         MoCoQueue(0, 2)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "supervised"])
 def test_pretraining_lowers_the_loss_and_changes_the_encoder(method):
     images = torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(32) % 3 if method == "supervised" else None
     encoder = small_convnet(8)
     before = [p.clone() for p in encoder.parameters()]
-    out = pretrain(encoder, images, method=method, steps=6, batch_size=8, queue_size=16, progress=False)
+    out = pretrain(encoder, images, method=method, steps=6, batch_size=8, queue_size=16, labels=labels, progress=False)
     assert len(out["loss"]) == 6 and all(torch.isfinite(torch.tensor(out["loss"])))
     assert any(not torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
     assert not encoder.training
@@ -60,6 +62,10 @@ def test_bad_input():
         pretrain(small_convnet(4), images, batch_size=9)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         pretrain(small_convnet(4), images[:, :1])
+    with pytest.raises(ValueError, match="labels"):
+        pretrain(small_convnet(4), images, method="supervised", batch_size=4)
+    with pytest.raises(ValueError, match="labels"):
+        pretrain(small_convnet(4), images, batch_size=4, labels=torch.zeros(8, dtype=torch.long))
     with pytest.raises(ValueError, match="ResNet-18"):
         resnet18_encoder(torch.nn.Linear(2, 2))
 
@@ -77,3 +83,14 @@ def test_linear_probe_separates_separable_features():
     identity = torch.nn.Sequential(torch.nn.Flatten())
     identity.register_parameter("dummy", torch.nn.Parameter(torch.zeros(1)))
     assert linear_probe(identity, (images[:20], labels[:20]), (images[20:], labels[20:])) == 1.0
+
+
+def test_finetune_learns_an_easy_task_and_leaves_the_encoder_alone():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 2
+    images = torch.rand(64, 3, 16, 16, generator=g) * 0.2 + labels.view(-1, 1, 1, 1) * 0.6  # dark vs bright
+    encoder = small_convnet(4)
+    before = [p.clone() for p in encoder.parameters()]
+    acc = finetune(encoder, (images[:32], labels[:32]), (images[32:], labels[32:]), steps=30, batch_size=16, lr=1e-2)
+    assert acc >= 0.9
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))

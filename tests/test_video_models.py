@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from coursekit.models.video import C3D, VIDEO_MODELS, FrameAverage, TwoStream, create_video_model
+from coursekit.models import create_model, list_models
+from coursekit.models.video import C3D, FrameAverage, TwoStream
 
 
 def _inputs(name, B=2, T=8, S=32):
@@ -12,9 +13,9 @@ def _inputs(name, B=2, T=8, S=32):
     return (clip, torch.randn(B, T - 1, 2, S, S, generator=g)) if name == "two_stream" else (clip,)
 
 
-@pytest.mark.parametrize("name", list(VIDEO_MODELS))
+@pytest.mark.parametrize("name", list_models("video"))
 def test_every_model_gives_logits(name):
-    model = create_video_model(name, 5, **({"n_frames": 8} if name == "two_stream" else {})).eval()
+    model = create_model(name, 5, **({"n_frames": 8} if name == "two_stream" else {})).eval()
     inputs = _inputs(name)
     logits = model(*inputs)
     assert logits.shape == (2, 5)
@@ -37,8 +38,10 @@ def test_c3d_is_a_3d_convolution_over_time():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="unknown video model"):
-        create_video_model("i3d", 3)
+    with pytest.raises(ValueError, match="choose one of"):
+        create_model("i3d", 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("c3d", 0)
     with pytest.raises(ValueError, match="frames first"):
         C3D(3)(torch.rand(2, 3, 8, 32, 32))
     with pytest.raises(ValueError, match="flow"):

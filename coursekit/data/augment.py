@@ -8,11 +8,14 @@ histogram is enough to match two views and the network learns nothing else.
 
 Everything is done for the whole batch at once on the images' device: a crop-and-flip is one affine
 ``grid_sample``, the colour changes are per-image scale factors. (torchvision's ``v2`` transforms do
-one image per call: ~50x slower on a batch of small images.) Hue jitter is left out.
+one image per call: ~50x slower on a batch of small images.) Hue jitter is a rotation of every pixel's colour
+about the grey axis (what CSS's ``hue-rotate`` does): close to torchvision's HSV hue shift, and one 3x3 matrix
+per image.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +44,7 @@ class SimCLRAugment:
     flip_p: float = 0.5  # probability of a horizontal flip
     jitter: float = 0.4  # brightness, contrast and saturation factors drawn in [1 - jitter, 1 + jitter]
     jitter_p: float = 0.8  # probability that an image gets colour jitter
+    hue: float = 0.1  # hue rotated by up to this share of the colour wheel (SimCLR: 0.1; 0.5: any hue), with jitter_p
     grey_p: float = 0.2  # probability that an image turns grey
     generator: torch.Generator | None = None  # seeded CPU generator for reproducible views
 
@@ -55,6 +59,8 @@ class SimCLRAugment:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5] (a share of the colour wheel), got {self.hue!r}")
 
     def _uniform(self, n: int, lo: float, hi: float) -> Tensor:
         return lo + (hi - lo) * torch.rand(n, generator=self.generator)
@@ -75,8 +81,20 @@ class SimCLRAugment:
         grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
+    def hue_rotation(self, images: Tensor, turns: Tensor) -> Tensor:
+        """Rotate every pixel's RGB vector of image b by ``turns[b]`` turns about the grey axis (1, 1, 1).
+
+        Greys stay grey and luma is kept up to clamping; a third of a turn permutes the channels (R -> G -> B).
+        Rodrigues' formula: ``R = cos(a) I + sin(a) [k]x + (1 - cos(a)) k k^T`` with ``k = (1, 1, 1) / sqrt(3)``.
+        """
+        angle = (2 * math.pi * turns).to(images).view(-1, 1, 1)
+        cross = images.new_tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)  # [k]x
+        rotation = (angle.cos() * torch.eye(3, device=images.device) + angle.sin() * cross
+                    + (1 - angle.cos()) * images.new_full((3, 3), 1 / 3))  # (B, 3, 3)
+        return torch.einsum("bij,bjhw->bihw", rotation, images).clamp(0, 1)
+
     def colour(self, images: Tensor) -> Tensor:
-        """Colour jitter (brightness, contrast, saturation, in that order) and random greyscale."""
+        """Colour jitter (brightness, contrast, saturation, hue, in that order) and random greyscale."""
         B = len(images)
 
         def factor() -> Tensor:
@@ -89,6 +107,9 @@ class SimCLRAugment:
         x = ((x - mean) * factor() + mean).clamp(0, 1)  # contrast
         grey = _grey(x)
         x = ((x - grey) * factor() + grey).clamp(0, 1)  # saturation
+        if self.hue > 0:
+            turns = self._uniform(B, -self.hue, self.hue)
+            x = self.hue_rotation(x, turns.masked_fill(torch.rand(B, generator=self.generator) >= self.jitter_p, 0.0))
         to_grey = (torch.rand(B, generator=self.generator) < self.grey_p).view(B, 1, 1, 1).to(images.device)
         return torch.where(to_grey, _grey(x).expand_as(x), x)
 

@@ -8,7 +8,9 @@
   cross-correlation ``phi(z) * phi(x)`` ("one branch applied convolutionally", deck 003):
   the exemplar's features act as the filter of a convolution over the search region's features.
 
-Taught in notebook 10; assignment 07 trains an :class:`EmbeddingNet`-like network.
+Both register themselves (``create_model("embedding", dim=128)``, ``create_model("siamfc")``), so
+``tests/test_models.py`` smoke-tests them. Taught in notebook 10; assignment 07 trains an
+:class:`EmbeddingNet`-like network.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["EmbeddingNet", "SiamFC", "siamfc_backbone", "xcorr", "create_model", "MODELS"]
+from coursekit.models.blocks import conv_bn_act
 
-
-def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+__all__ = ["EmbeddingNet", "SiamFC", "siamfc_backbone", "xcorr"]
 
 
 class EmbeddingNet(nn.Module):
@@ -45,7 +45,7 @@ class EmbeddingNet(nn.Module):
         layers: list[nn.Module] = []
         c_in = 3
         for c_out in (width, 2 * width, 4 * width):
-            layers += [*_conv_bn_relu(c_in, c_out), *_conv_bn_relu(c_out, c_out), nn.MaxPool2d(2)]
+            layers += [conv_bn_act(c_in, c_out), conv_bn_act(c_out, c_out), nn.MaxPool2d(2)]
             c_in = c_out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         # BatchNorm on the output removes the component all images share (pooled ReLU features are all
@@ -66,6 +66,8 @@ def siamfc_backbone(width: int = 16) -> nn.Sequential:
 
     Layers: conv 5x5 -> BN -> ReLU -> max pool 2 -> conv 3x3 -> BN -> ReLU -> max pool 2 -> conv 3x3 -> BN
     -> ReLU -> conv 3x3 (no activation, like the paper's last layer). Widths ``width, 2 width, 2 width, 2 width``.
+    Written out rather than built from :func:`~coursekit.models.blocks.conv_bn_act`, whose 'same' padding
+    is exactly what SiamFC must not have.
     """
     w2 = 2 * width
     return nn.Sequential(
@@ -142,11 +144,16 @@ class SiamFC(nn.Module):
         return x.shape[-1] - z.shape[-1] + 1
 
 
-MODELS = {"embedding": EmbeddingNet, "siamfc": SiamFC}
+def _register() -> None:
+    from coursekit.models.registry import Smoke, images, register_model
+
+    register_model("embedding", EmbeddingNet, family="siamese",
+                   smoke=Smoke({"dim": 16, "width": 4}, images(3, 16), [(2, 16)]))
+
+    def exemplar_and_search(g: torch.Generator) -> tuple[Tensor, Tensor]:
+        return torch.rand(2, 3, 39, 39, generator=g), torch.rand(2, 3, 79, 79, generator=g)
+
+    register_model("siamfc", SiamFC, family="siamese", smoke=Smoke({"width": 4}, exemplar_and_search, [(2, 1, 11, 11)]))
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a model of this family by name: ``"embedding"`` or ``"siamfc"``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown siamese model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](**kwargs)
+_register()

@@ -12,7 +12,8 @@ gives them) and returns logits ``[B, num_classes]``; the two-stream net also tak
 - :class:`TwoStream`: a spatial stream on one RGB frame and a temporal stream on the stacked optical flow
   (Simonyan & Zisserman, 2014), fused by averaging their class scores.
 
-``create_video_model(name, num_classes)`` builds any of them by name (``VIDEO_MODELS``).
+Each registers itself: ``coursekit.models.create_model("c3d", num_classes=8)``; ``tests/test_models.py``
+smoke-tests them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FrameEncoder", "FrameAverage", "FrameRNN", "C3D", "TwoStream", "VIDEO_MODELS", "create_video_model"]
+from coursekit.models.blocks import conv_bn_act
+
+__all__ = ["FrameEncoder", "FrameAverage", "FrameRNN", "C3D", "TwoStream"]
 
 
 def _check_clip(x: Tensor) -> None:
@@ -29,9 +32,9 @@ def _check_clip(x: Tensor) -> None:
                          "A (B, 3, T, H, W) batch becomes one with x.transpose(1, 2)")
 
 
-def _block2d(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2)]
+def _check_num_classes(num_classes: int) -> None:
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
 
 
 class FrameEncoder(nn.Module):
@@ -42,8 +45,9 @@ class FrameEncoder(nn.Module):
         if width < 1 or in_channels < 1:
             raise ValueError(f"width and in_channels must be >= 1, got {width}, {in_channels}")
         self.out_dim = 4 * width
-        self.net = nn.Sequential(*_block2d(in_channels, width), *_block2d(width, 2 * width),
-                                 *_block2d(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        widths = (in_channels, width, 2 * width, 4 * width)
+        blocks = [nn.Sequential(conv_bn_act(c_in, c_out), nn.MaxPool2d(2)) for c_in, c_out in zip(widths, widths[1:])]
+        self.net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -66,6 +70,7 @@ class FrameAverage(_PerFrame):
     """Per-frame CNN features averaged over time, then a linear layer: ``[B, T, 3, H, W] -> [B, C]``."""
 
     def __init__(self, num_classes: int, width: int = 16) -> None:
+        _check_num_classes(num_classes)
         super().__init__(width)
         self.fc = nn.Linear(self.frame.out_dim, num_classes)
 
@@ -77,6 +82,7 @@ class FrameRNN(_PerFrame):
     """Per-frame CNN features read in order by a GRU; its last state is classified: ``[B, T, 3, H, W] -> [B, C]``."""
 
     def __init__(self, num_classes: int, width: int = 16, hidden: int = 64) -> None:
+        _check_num_classes(num_classes)
         super().__init__(width)
         self.rnn = nn.GRU(self.frame.out_dim, hidden, batch_first=True)
         self.fc = nn.Linear(hidden, num_classes)
@@ -96,6 +102,7 @@ class C3D(nn.Module):
 
     def __init__(self, num_classes: int, width: int = 16) -> None:
         super().__init__()
+        _check_num_classes(num_classes)
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
         chans = (3, width, 2 * width, 4 * width, 8 * width)
@@ -123,6 +130,7 @@ class TwoStream(nn.Module):
 
     def __init__(self, num_classes: int, n_frames: int, width: int = 16) -> None:
         super().__init__()
+        _check_num_classes(num_classes)
         if n_frames < 2:
             raise ValueError(f"n_frames must be >= 2 for optical flow, got {n_frames}")
         self.n_frames = n_frames
@@ -140,24 +148,6 @@ class TwoStream(nn.Module):
     def forward(self, clip: Tensor, flow: Tensor) -> Tensor:
         spatial, temporal = self.logits_per_stream(clip, flow)
         return (spatial.log_softmax(1) + temporal.log_softmax(1)) / 2
-
-
-VIDEO_MODELS: dict[str, type[nn.Module]] = {
-    "frame_average": FrameAverage,
-    "frame_rnn": FrameRNN,
-    "c3d": C3D,
-    "two_stream": TwoStream,
-}
-
-
-def create_video_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build a video model by name (``VIDEO_MODELS``); ``two_stream`` also needs ``n_frames``."""
-    if name not in VIDEO_MODELS:
-        raise ValueError(f"unknown video model {name!r}; choose one of {tuple(VIDEO_MODELS)}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return VIDEO_MODELS[name](num_classes, **kwargs)
-
 
 
 def _clips(with_flow: bool = False, B: int = 2, T: int = 4, S: int = 16):
