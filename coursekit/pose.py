@@ -289,14 +289,17 @@ def keypoint_rcnn_predict(model: nn.Module, images: Tensor | Sequence[Tensor], n
 
     One person per image, as the stick figures and PCK assume; an image where the model finds nobody gets
     NaN keypoints, which :func:`coursekit.metrics.pck` counts as wrong. ``images``: ``Tensor[N, 3, H, W]``
-    or a list of ``Tensor[3, H, W]`` in [0, 1]. The model is put in eval mode.
+    or a list of ``Tensor[3, H, W]`` in [0, 1]. Runs in eval mode; the model's mode is restored afterwards.
     """
+    from coursekit.train import eval_mode
+
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         batch = [im.to(dev) for im in images[start:start + batch_size]]
-        for det in model(batch):
+        with eval_mode(model):
+            detections = model(batch)
+        for det in detections:
             if len(det["scores"]):
                 out.append(det["keypoints"][det["scores"].argmax(), :, :2].cpu())  # (K, 2)
             else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from coursekit.losses import soft_dice_loss, soft_jaccard_loss, weighted_cross_entropy
 from coursekit.metrics.segmentation import iou_score
 from coursekit.runtime import device as default_device
-from coursekit.train import StepFn, Trainer, to_device
+from coursekit.train import StepFn, Trainer, eval_mode, to_device
 
 __all__ = [
     "JointAugment",
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 LossName = Literal["ce", "weighted_ce", "dice", "jaccard", "ce+dice"]
-LOSSES: tuple[str, ...] = ("ce", "weighted_ce", "dice", "jaccard", "ce+dice")
+LOSSES: tuple[str, ...] = get_args(LossName)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -186,18 +186,14 @@ def predict(
     if images.dim() != 4:
         raise ValueError(f"images must be a batch Tensor[N, 3, H, W], got {list(images.shape)}")
     dev = torch.device(device) if device is not None else default_device()
-    was_training = model.training
-    model.eval().to(dev)
     out = []
-    try:
+    with eval_mode(model.to(dev)):
         for chunk in images.split(batch_size):
             x = chunk.to(dev)
             probs = model(x).softmax(1)  # (b, C, H, W)
             if tta:
                 probs = (probs + model(x.flip(-1)).softmax(1).flip(-1)) / 2
             out.append(probs.cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 

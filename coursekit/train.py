@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +50,7 @@ __all__ = [
     "freeze",
     "unfreeze",
     "frozen_to_eval",
+    "eval_mode",
     "time_per_image",
 ]
 
@@ -553,13 +554,8 @@ class Trainer:
 
     def validate(self, val_fn: Callable[[nn.Module], Mapping[str, float]]) -> dict[str, float]:
         """Run ``val_fn(model)`` in eval mode under ``no_grad``; return its numbers as ``val_*``."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                metrics = val_fn(self.model)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.no_grad():
+            metrics = val_fn(self.model)
         if not isinstance(metrics, Mapping):
             raise ValueError(f"val_fn must return a dict of numbers, got {type(metrics).__name__}")
         return {(k if k.startswith("val_") else f"val_{k}"): float(v) for k, v in metrics.items()}
@@ -750,6 +746,19 @@ def frozen_to_eval(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(model):`` runs the block with ``model`` in eval mode (BatchNorm uses its running
+    statistics, dropout is off) and gives the model its train/eval mode back afterwards, even on an error.
+    Gradients are not affected: add ``torch.no_grad()`` for inference."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def unfreeze(module: nn.Module) -> nn.Module:
     """Let every parameter of ``module`` train again; returns it."""
     for p in module.parameters():
@@ -786,10 +795,6 @@ def time_per_image(
     dev = torch.device(device) if device is not None else default_device()
     model = model.to(dev)
     images = to_device(images, dev)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         seconds = benchmark(model, images, repeats=repeats, warmup=warmup)
-    finally:
-        model.train(was_training)
     return seconds / n

@@ -448,3 +448,17 @@ def test_detection_step_trains_a_torchvision_faster_rcnn_and_logs_its_four_losse
     model.eval()
     with pytest.raises(ValueError, match="train mode"):
         T.detection_step(model, (images, targets), CPU)
+
+
+def test_eval_mode_switches_to_eval_and_gives_the_mode_back_even_on_an_error():
+    from coursekit.train import eval_mode
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    for start in (True, False):
+        net.train(start)
+        with eval_mode(net) as inside:
+            assert inside is net and not net.training and not net[1].training
+        assert net.training is start
+    with pytest.raises(RuntimeError), eval_mode(net.train()):
+        raise RuntimeError("boom")
+    assert net.training

@@ -167,13 +167,11 @@ class SSD(nn.Module):
 
         Tighter defaults than torchvision's SSD300 (0.01, 400 per class): coursekit's NMS builds the full
         ``K x K`` IoU matrix, and an untrained net can pass thousands of low scores to it."""
-        was_training = self.training
-        self.eval()
-        try:
-            cls_logits, deltas = self(images)
-        finally:
-            self.train(was_training)
         from coursekit.detection import ssd_decode
+        from coursekit.train import eval_mode
+
+        with eval_mode(self):
+            cls_logits, deltas = self(images)
 
         return ssd_decode(
             cls_logits, deltas, self.anchors, self.image_size,
