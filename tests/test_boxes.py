@@ -127,6 +127,9 @@ def test_nms_blocks_give_the_greedy_result(monkeypatch, block):
 def test_nms_thousands_of_boxes_match_torchvision():
     boxes, scores = _clustered(3000, 3)  # 12 blocks of the default size
     assert torch.equal(B.nms(boxes, scores, 0.5), tvops.nms(boxes, scores, 0.5))
+    # batched: all classes in one pass with cross-class IoUs masked; torchvision loops per class above 1,000 boxes
+    idxs = torch.randint(0, 20, (3000,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(B.batched_nms(boxes, scores, idxs, 0.5), tvops.batched_nms(boxes, scores, idxs, 0.5))
 
 
 def test_nms_degenerate_inputs():
