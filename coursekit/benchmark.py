@@ -14,6 +14,7 @@ functions are called with them.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -172,11 +173,32 @@ def _batched_nms_inputs(g: torch.Generator) -> tuple:
     return _boxes(g, 1000), torch.rand(1000, generator=g), torch.randint(0, 5, (1000,), generator=g), 0.5
 
 
+def _random_detections(num_images: int, per_image: int, num_classes: int, seed: int, image_size: int = 256):
+    """Random GT boxes and noisy, partly shuffled detections (sizes from 4 to ~250 px: all area ranges)."""
+    g = torch.Generator().manual_seed(seed)
+    preds, targets = [], []
+    for _ in range(num_images):
+        n_gt = int(torch.randint(0, per_image + 1, (1,), generator=g))
+        wh = torch.exp(torch.empty(n_gt, 2).uniform_(math.log(4), math.log(image_size), generator=g))
+        xy = torch.rand(n_gt, 2, generator=g) * (image_size - wh)
+        gt_boxes = torch.cat([xy, xy + wh], 1)
+        gt_labels = torch.randint(1, num_classes + 1, (n_gt,), generator=g)
+        src = torch.randint(0, max(n_gt, 1), (per_image,), generator=g)
+        base = gt_boxes[src] if n_gt else torch.tensor([[0.0, 0.0, 50.0, 50.0]]).expand(per_image, 4)
+        size = (base[:, 2:] - base[:, :2]).repeat(1, 2)
+        boxes = base + torch.randn(per_image, 4, generator=g) * size * 0.15
+        boxes = torch.cat([boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:])], 1)
+        labels = gt_labels[src] if n_gt else torch.randint(1, num_classes + 1, (per_image,), generator=g)
+        flip = torch.rand(per_image, generator=g) < 0.2  # some wrong classes
+        labels = torch.where(flip, torch.randint(1, num_classes + 1, (per_image,), generator=g), labels)
+        preds.append({"boxes": boxes, "scores": torch.rand(per_image, generator=g), "labels": labels})
+        targets.append({"boxes": gt_boxes, "labels": gt_labels})
+    return preds, targets
+
+
 def _detections(g: torch.Generator, num_images: int, masks: bool, size: int = 256) -> tuple:
     """Random ground truth and noisy detections in ``size`` px images (all COCO size ranges); ``masks``:
     boxes filled in, ``[N, size, size]`` each."""
-    from coursekit.metrics.detection import _random_detections
-
     preds, targets = _random_detections(num_images, 20, 5, int(torch.randint(0, 2**31, (1,), generator=g)), size)
     if masks:
         for entry in preds + targets:

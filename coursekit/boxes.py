@@ -14,7 +14,7 @@ Convention inside coursekit: float ``xyxy`` boxes in pixels, ``Tensor[N, 4]`` wi
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
-FORMATS: tuple[str, ...] = ("xyxy", "xywh", "cxcywh")
+FORMATS: tuple[str, ...] = get_args(BoxFormat)
 
 # torchvision clamps dw, dh before exp() so a wild prediction cannot produce an infinite box
 # (decode_boxes here, YOLOv2's log-scale sizes in coursekit.detection).

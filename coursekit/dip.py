@@ -23,7 +23,7 @@ import copy
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ Criterion = Literal["mse", "l1"]
 Optimizer = Literal["adam", "sgd"]
 Denoiser = Literal["tv", "nlm"]
 _CRITERIA: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": F.mse_loss, "l1": F.l1_loss}
-_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+_OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 _SGD_MOMENTUM = 0.9
 
 

@@ -17,7 +17,7 @@ does not depend on the resolution; :func:`to_pixels_xyxy` converts back for IoU 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 BoxLoss = Literal["l2", "l1", "smooth_l1"]
-BOX_LOSSES: tuple[str, ...] = ("l2", "l1", "smooth_l1")
+BOX_LOSSES: tuple[str, ...] = get_args(BoxLoss)
 
 
 def localization_loss(

@@ -14,7 +14,7 @@ and ``torch.nn.functional.cross_entropy(weight=...)``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +36,9 @@ __all__ = [
 Reduction = Literal["none", "mean", "sum"]
 SegMode = Literal["binary", "multiclass", "multilabel"]
 WeightMethod = Literal["inverse", "median", "log"]
-_REDUCTIONS = ("none", "mean", "sum")
-_MODES = ("binary", "multiclass", "multilabel")
-_METHODS = ("inverse", "median", "log")
+_REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+_MODES: tuple[str, ...] = get_args(SegMode)
+_METHODS: tuple[str, ...] = get_args(WeightMethod)
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:

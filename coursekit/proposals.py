@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -48,8 +48,8 @@ __all__ = [
 ColourSpace = Literal["rgb", "hsv", "lab"]
 Similarity = Literal["colour", "size", "fill"]
 Mode = Literal["single", "fast", "quality"]
-SIMILARITIES: tuple[str, ...] = ("colour", "size", "fill")
-COLOUR_SPACES: tuple[str, ...] = ("rgb", "hsv", "lab")
+SIMILARITIES: tuple[str, ...] = get_args(Similarity)
+COLOUR_SPACES: tuple[str, ...] = get_args(ColourSpace)
 _MIN_REGION, _REGION_FRACTION = 10, 1600  # default smallest initial region: max(10, H * W / 1600) pixels
 _BINS = 25  # colour histogram bins per channel (the paper's choice: 3 x 25 = 75 numbers per region)
 

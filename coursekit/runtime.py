@@ -8,13 +8,13 @@ import random
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 Profile = Literal["fast", "lecture"]
-PROFILES: tuple[str, ...] = ("fast", "lecture")
+PROFILES: tuple[str, ...] = get_args(Profile)
 _TRUE = {"1", "true", "yes", "on"}
 
 

@@ -16,7 +16,7 @@ plus ``"scratch"``: the same network from random weights, the baseline every reg
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 Regime = Literal["scratch", "linear_probe", "finetune_top", "reinit_top", "finetune_all"]
-REGIMES: tuple[str, ...] = ("scratch", "linear_probe", "finetune_top", "reinit_top", "finetune_all")
+REGIMES: tuple[str, ...] = get_args(Regime)
 # (dataset size, domain) -> the regime deck 000 recommends
 DECK_TABLE: dict[tuple[str, str], str] = {
     ("small", "similar"): "linear_probe",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
@@ -184,7 +184,7 @@ def slider_plot(
 # Notebook 02: IoU and the regression losses of a box
 # ----------------------------------------------------------------------------------------------
 BoxFmt = Literal["cxcywh", "xywh"]
-_BOX_FORMATS: tuple[str, ...] = ("cxcywh", "xywh")
+_BOX_FORMATS: tuple[str, ...] = get_args(BoxFmt)
 
 
 def _to_xyxy(box: Tensor, fmt: str) -> Tensor:

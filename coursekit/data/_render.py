@@ -14,7 +14,7 @@ last col + 1, last row + 1)`` of its mask: ``(x2 - x1) * (y2 - y1)`` is the mask
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 Background = Literal["texture", "noise", "plain"]
-BACKGROUNDS: tuple[str, ...] = ("texture", "noise", "plain")
+BACKGROUNDS: tuple[str, ...] = get_args(Background)
 
 MIN_IMAGE_SIZE = 32  # smaller scenes cannot hold an object of the smallest useful size (~12 px)
 # An earlier object must keep this share of its own area visible once later objects are drawn over it;

@@ -36,7 +36,7 @@ import copy
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -58,10 +58,10 @@ __all__ = [
 ]
 
 IouType = Literal["bbox", "segm"]
-IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
+IOU_TYPES: tuple[str, ...] = get_args(IouType)
 
 AreaFrom = Literal["iou_type", "target"]
-AREA_FROM: tuple[str, ...] = ("iou_type", "target")  # see the module docstring: what "small" is measured on
+AREA_FROM: tuple[str, ...] = get_args(AreaFrom)  # see the module docstring: what "small" is measured on
 # pycocotools' area ranges, in pixels**2: name -> (low, high), both inclusive.
 AREA_RANGES: dict[str, tuple[float, float]] = {
     "all": (0.0, 1e5**2),
@@ -648,26 +648,3 @@ def pycocotools_map(
         coco_eval.accumulate()
         coco_eval.summarize()
     return coco_eval
-
-
-def _random_detections(num_images: int, per_image: int, num_classes: int, seed: int, image_size: int = 256):
-    """Random GT boxes and noisy, partly shuffled detections (sizes from 4 to ~250 px: all area ranges)."""
-    g = torch.Generator().manual_seed(seed)
-    preds, targets = [], []
-    for _ in range(num_images):
-        n_gt = int(torch.randint(0, per_image + 1, (1,), generator=g))
-        wh = torch.exp(torch.empty(n_gt, 2).uniform_(np.log(4), np.log(image_size), generator=g))
-        xy = torch.rand(n_gt, 2, generator=g) * (image_size - wh)
-        gt_boxes = torch.cat([xy, xy + wh], 1)
-        gt_labels = torch.randint(1, num_classes + 1, (n_gt,), generator=g)
-        src = torch.randint(0, max(n_gt, 1), (per_image,), generator=g)
-        base = gt_boxes[src] if n_gt else torch.tensor([[0.0, 0.0, 50.0, 50.0]]).expand(per_image, 4)
-        size = (base[:, 2:] - base[:, :2]).repeat(1, 2)
-        boxes = base + torch.randn(per_image, 4, generator=g) * size * 0.15
-        boxes = torch.cat([boxes[:, :2].minimum(boxes[:, 2:]), boxes[:, :2].maximum(boxes[:, 2:])], 1)
-        labels = gt_labels[src] if n_gt else torch.randint(1, num_classes + 1, (per_image,), generator=g)
-        flip = torch.rand(per_image, generator=g) < 0.2  # some wrong classes
-        labels = torch.where(flip, torch.randint(1, num_classes + 1, (per_image,), generator=g), labels)
-        preds.append({"boxes": boxes, "scores": torch.rand(per_image, generator=g), "labels": labels})
-        targets.append({"boxes": gt_boxes, "labels": gt_labels})
-    return preds, targets

@@ -18,7 +18,7 @@ multi-resolution ("image pyramids").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from coursekit.models.registry import Smoke, images, register_model
 __all__ = ["SkipNet", "make_noise"]
 
 Upsample = Literal["bilinear", "nearest"]
-_UPSAMPLE_MODES: tuple[str, ...] = ("bilinear", "nearest")
+_UPSAMPLE_MODES: tuple[str, ...] = get_args(Upsample)
 _LEAKY_SLOPE = 0.2  # the DIP paper's LeakyReLU slope
 _NOISE_SCALE = 0.1  # the DIP paper's input: uniform noise in [0, 0.1)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torchvision
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 RoIOp = Literal["align", "pool"]
-ROI_OPS: tuple[str, ...] = ("align", "pool")
+ROI_OPS: tuple[str, ...] = get_args(RoIOp)
 
 
 # ====================================================================================== RoI poolers

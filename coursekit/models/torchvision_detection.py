@@ -16,7 +16,7 @@ had, else the ResNet-18 FPN with one printed line. Nothing else is ever download
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torchvision
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 Backbone = Literal["resnet18", "resnet50-coco"]
-_BACKBONES: tuple[str, ...] = ("resnet18", "resnet50-coco")
+_BACKBONES: tuple[str, ...] = get_args(Backbone)
 
 # torchvision's defaults are sized for 800 px COCO photos; these fit 96-128 px scenes of <= 4 objects.
 SMALL_IMAGE_SETTINGS: dict[str, int] = {
