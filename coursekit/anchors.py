@@ -10,6 +10,10 @@ from scratch and equals its torchvision counterpart (``tests/test_anchors.py`` c
   :func:`coursekit.boxes.encode_boxes` / :func:`coursekit.boxes.decode_boxes`.
 - :func:`hard_negative_mining` (SSD's loss) and :func:`sample_balanced` (``BalancedPositiveNegativeSampler``,
   the RPN's 256 anchors per image): two answers to "99% of the anchors are background".
+- :func:`kmeans_anchors` (YOLOv2's "dimension clusters", notebook 05): anchor shapes learned from the
+  training boxes by k-means with the distance ``1 - IoU``; :func:`wh_iou` is that IoU, :func:`mean_best_iou`
+  the paper's measure of how well a set of priors fits the boxes. No torchvision counterpart: the tests
+  compare them with a plain Python loop.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ __all__ = [
     "labels_from_matches",
     "hard_negative_mining",
     "sample_balanced",
+    "wh_iou",
+    "kmeans_anchors",
+    "mean_best_iou",
 ]
 
 BACKGROUND = -1  # match_anchors: the anchor overlaps no object enough (IoU < low)
@@ -274,3 +281,57 @@ def sample_balanced(
     pick_pos = positive & (_rank_desc(keys.masked_fill(~positive, -1.0)) < num_pos[:, None])
     pick_neg = negative & (_rank_desc(keys.masked_fill(~negative, -1.0)) < num_neg[:, None])
     return pick_pos.reshape(labels.shape), pick_neg.reshape(labels.shape)
+
+
+# ------------------------------------------------------------------------------- learned priors
+def _check_wh(wh: Tensor, name: str) -> None:
+    if not isinstance(wh, Tensor) or wh.dim() != 2 or wh.shape[1] != 2 or not wh.is_floating_point():
+        raise ValueError(f"{name} must be a float Tensor[N, 2] of (width, height), got {getattr(wh, 'shape', wh)}")
+    if wh.numel() and not (wh > 0).all():
+        raise ValueError(f"{name} must hold positive widths and heights (drop empty boxes first)")
+
+
+def wh_iou(wh1: Tensor, wh2: Tensor) -> Tensor:
+    """IoU of box *shapes*: ``wh1`` (Tensor[N, 2]) x ``wh2`` (Tensor[M, 2]) (width, height) -> Tensor[N, M].
+
+    Two boxes are compared as if they shared their centre, so only the shape counts: the distance YOLOv2
+    clusters with (``1 - wh_iou``) and the rule that picks a ground truth's anchor. Computed by
+    :func:`coursekit.boxes.box_iou` on boxes centred on (0, 0).
+    """
+    _check_wh(wh1, "wh1")
+    _check_wh(wh2, "wh2")
+    return box_iou(torch.cat([-wh1 / 2, wh1 / 2], dim=1), torch.cat([-wh2 / 2, wh2 / 2], dim=1))
+
+
+def mean_best_iou(wh: Tensor, anchors: Tensor) -> float:
+    """How well anchor shapes fit box shapes: the mean over boxes of the IoU with their best anchor
+    (YOLOv2's "Avg IOU", Table 1 of the paper). ``wh`` (Tensor[N, 2]), ``anchors`` (Tensor[K, 2])."""
+    return wh_iou(wh, anchors).max(dim=1).values.mean().item()
+
+
+def kmeans_anchors(wh: Tensor, k: int, *, iterations: int = 300, seed: int = 0) -> Tensor:
+    """YOLOv2's dimension clusters: ``k`` anchor shapes for the box shapes ``wh`` (Tensor[N, 2], pixels).
+    -> ``Tensor[k, 2]`` (width, height), sorted by area.
+
+    K-means with the distance ``d(box, centroid) = 1 - IoU(box, centroid)`` (:func:`wh_iou`): Euclidean
+    distance would let big boxes make bigger errors than small ones, while IoU is what the detector is
+    scored on. Lloyd's iterations from ``k`` distinct boxes drawn with ``seed``: assign each box to the
+    centroid it overlaps most, move each centroid to the mean shape of its boxes (a centroid left with no
+    box stays where it is), stop when no assignment changes or after ``iterations``.
+    """
+    _check_wh(wh, "wh")
+    if not 1 <= k <= len(wh):
+        raise ValueError(f"k must be between 1 and the number of boxes ({len(wh)}), got {k}")
+    first = torch.randperm(len(wh), generator=torch.Generator().manual_seed(seed))[:k]
+    centroids = wh[first.to(wh.device)].clone()
+    assignment = None
+    for _ in range(iterations):
+        new = wh_iou(wh, centroids).argmax(dim=1)  # (N,): the nearest centroid, i.e. the largest IoU
+        if assignment is not None and torch.equal(new, assignment):
+            break
+        assignment = new
+        for c in range(k):
+            members = wh[assignment == c]
+            if len(members):
+                centroids[c] = members.mean(dim=0)
+    return centroids[(centroids[:, 0] * centroids[:, 1]).argsort()]

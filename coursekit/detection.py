@@ -10,6 +10,10 @@ SSD (deck 004)              :func:`ssd_targets`, :func:`ssd_loss` (= torchvision
 YOLO v1 (decks 001, 003)    :class:`YoloOutput`, :func:`yolo_split_output`, :func:`yolo_cells_to_xyxy`,
                             :func:`yolo_encode_targets` / :func:`yolo_decode_targets`, :func:`yolo_loss`,
                             :func:`yolo_step`, :func:`yolo_decode`
+YOLOv2 (notebook 05)        :class:`YoloV2Output`, :func:`yolov2_split_output`, :func:`yolov2_cells_to_xyxy`,
+                            :func:`yolov2_encode_targets` / :func:`yolov2_decode_targets`, :func:`yolov2_loss`,
+                            :func:`yolov2_step`, :func:`yolov2_decode` (anchor priors:
+                            :func:`coursekit.anchors.kmeans_anchors`)
 R-CNN family (deck 000)     :func:`proposals_step` (R-CNN / Fast R-CNN on precomputed proposals); the losses
                             their ``forward`` computes stay beside them in :mod:`coursekit.models.rcnn`
 any detector                :func:`predict` (batched, eval mode, outputs on the CPU), :func:`evaluate`
@@ -30,13 +34,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from coursekit.anchors import hard_negative_mining, match_anchors
-from coursekit.boxes import batched_nms, box_convert, check_boxes, decode_boxes, encode_boxes, paired_box_iou
+from coursekit.anchors import hard_negative_mining, match_anchors, wh_iou
+from coursekit.boxes import (
+    BBOX_XFORM_CLIP,
+    batched_nms,
+    box_convert,
+    box_iou,
+    check_boxes,
+    decode_boxes,
+    encode_boxes,
+    paired_box_iou,
+)
 from coursekit.data.targets import Detection, Target
 
 if TYPE_CHECKING:
     from coursekit.models.ssd import SSD
-    from coursekit.models.yolo import YOLO
+    from coursekit.models.yolo import YOLO, YOLOv2
 
 __all__ = [
     "SSD_BOX_WEIGHTS",
@@ -54,6 +67,15 @@ __all__ = [
     "yolo_loss",
     "yolo_step",
     "yolo_decode",
+    "IGNORE_IOU",
+    "YoloV2Output",
+    "yolov2_split_output",
+    "yolov2_cells_to_xyxy",
+    "yolov2_encode_targets",
+    "yolov2_decode_targets",
+    "yolov2_loss",
+    "yolov2_step",
+    "yolov2_decode",
     "proposals_step",
     "images_and_targets",
     "predict",
@@ -63,6 +85,7 @@ __all__ = [
 SSD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # SSD / torchvision scale the deltas so both losses weigh alike
 LAMBDA_COORD = 5.0  # YOLO: the paper's weight of the box terms
 LAMBDA_NOOBJ = 0.5  # YOLO: the paper's weight of the confidence of boxes with no object
+IGNORE_IOU = 0.6  # YOLOv2: a box that overlaps an object this much is not pushed to "no object"
 
 
 # ============================================================================================== SSD
@@ -219,6 +242,20 @@ def yolo_encode_targets(
     centres fall in the same cell the larger box is kept and the smaller one is lost (a known weakness
     of v1 on crowds of small objects; compare ``len(yolo_decode_targets(...)[0])`` with ``G`` to count them).
     """
+    _check_boxes_and_labels(boxes, labels, num_classes)
+    S = grid_size
+    target = torch.zeros(S, S, 5 + num_classes, device=boxes.device)
+    for g, i, j, x, y in _centre_cells(boxes, S, image_size):
+        if target[i, j, 0] > 0:
+            continue
+        w, h = ((boxes[g, 2:] - boxes[g, :2]) / image_size).tolist()  # fractions of the image
+        target[i, j, :5] = torch.tensor([1.0, x, y, w**0.5, h**0.5])
+        target[i, j, 4 + int(labels[g])] = 1.0  # one-hot: class c sits at 5 + (c - 1)
+    return target
+
+
+def _check_boxes_and_labels(boxes: Tensor, labels: Tensor, num_classes: int) -> None:
+    """One image's ground truth for a grid target: xyxy ``boxes`` [G, 4], int ``labels`` [G] in ``1..C``."""
     check_boxes(boxes)
     if labels.shape != boxes.shape[:1] or labels.is_floating_point():
         raise ValueError(
@@ -226,18 +263,20 @@ def yolo_encode_targets(
         )
     if labels.numel() and (labels.min() < 1 or labels.max() > num_classes):
         raise ValueError(f"labels must be in 1..{num_classes} (0 is the background), got {labels.tolist()}")
+
+
+def _centre_cells(boxes: Tensor, grid_size: int, image_size: int) -> list[tuple[int, int, int, float, float]]:
+    """The cell that holds each box's centre: ``(g, row i, column j, x, y)`` with ``(x, y)`` the centre's offset
+    in the cell (in cell units, [0, 1)), larger boxes first (they claim a contested cell first)."""
     S = grid_size
-    target = torch.zeros(S, S, 5 + num_classes, device=boxes.device)
     cxcywh = box_convert(boxes, "xyxy", "cxcywh") / image_size  # fractions of the image
-    order = (cxcywh[:, 2] * cxcywh[:, 3]).argsort(descending=True)  # larger boxes claim their cell first
+    order = (cxcywh[:, 2] * cxcywh[:, 3]).argsort(descending=True)
+    cells = []
     for g in order.tolist():
-        cx, cy, w, h = cxcywh[g].tolist()
-        j, i = min(int(cx * S), S - 1), min(int(cy * S), S - 1)  # column, row of the centre
-        if target[i, j, 0] > 0:
-            continue
-        target[i, j, :5] = torch.tensor([1.0, cx * S - j, cy * S - i, w**0.5, h**0.5])
-        target[i, j, 4 + int(labels[g])] = 1.0  # one-hot: class c sits at 5 + (c - 1)
-    return target
+        cx, cy = cxcywh[g, 0].item() * S, cxcywh[g, 1].item() * S
+        j, i = min(int(cx), S - 1), min(int(cy), S - 1)  # column, row of the centre
+        cells.append((g, i, j, cx - j, cy - i))
+    return cells
 
 
 def yolo_decode_targets(target: Tensor, image_size: int) -> tuple[Tensor, Tensor]:
@@ -306,9 +345,20 @@ def yolo_decode(
     cls_prob, cls = out.class_probs.max(dim=-1)  # (N, S, S)
     scores = (out.confidence * cls_prob[..., None]).reshape(N, -1)  # (N, S*S*B)
     labels = (cls[..., None].expand_as(out.confidence) + 1).reshape(N, -1)
+    return _threshold_and_nms(boxes, scores, labels, score_threshold, iou_threshold, max_detections)
+
+
+def _threshold_and_nms(
+    boxes: Tensor, scores: Tensor, labels: Tensor, score_threshold: float, iou_threshold: float,
+    max_detections: int, topk_candidates: int | None = None,
+) -> list[Detection]:
+    """Per image of ``boxes [N, M, 4]``, ``scores [N, M]``, ``labels [N, M]``: keep scores above the
+    threshold (the ``topk_candidates`` best when given), per-class NMS, the ``max_detections`` best."""
     detections = []
     for b, s, lab in zip(boxes, scores, labels, strict=True):
-        keep = s > score_threshold
+        keep = (s > score_threshold).nonzero().flatten()
+        if topk_candidates is not None:
+            keep = keep[s[keep].topk(min(topk_candidates, keep.numel())).indices]
         b, s, lab = b[keep], s[keep], lab[keep]
         kept = batched_nms(b, s, lab, iou_threshold)[:max_detections]
         detections.append({"boxes": b[kept], "scores": s[kept], "labels": lab[kept]})
@@ -324,6 +374,175 @@ def yolo_step(model: YOLO, batch: tuple, device: torch.device) -> dict[str, Tens
         for t in targets
     ]).to(device)  # (N, S, S, 5 + C)
     return yolo_loss(model(images), grid, model.image_size, model.num_boxes)
+
+
+# =========================================================================================== YOLOv2
+class YoloV2Output(NamedTuple):
+    """YOLOv2's raw output, activated and split (:func:`yolov2_split_output`)."""
+
+    xy: Tensor  # (N, S, S, K, 2): sigmoid(t_x, t_y), the centre's offset in its cell, in [0, 1]
+    twh: Tensor  # (N, S, S, K, 2): t_w, t_h = log(size / anchor size), unbounded
+    confidence: Tensor  # (N, S, S, K): sigmoid(t_o), trained towards P(object) * IoU
+    class_probs: Tensor  # (N, S, S, K, C): P(class | object), one distribution per box
+
+
+def yolov2_split_output(raw: Tensor) -> YoloV2Output:
+    """``raw [N, S, S, K, 5 + C]`` -> :class:`YoloV2Output`: sigmoid on offsets and confidence, softmax on classes."""
+    if raw.dim() != 5 or raw.shape[1] != raw.shape[2] or raw.shape[-1] <= 5:
+        raise ValueError(f"raw must be a Tensor[N, S, S, K, 5 + C] (K anchors, C >= 1 classes), got {list(raw.shape)}")
+    return YoloV2Output(raw[..., :2].sigmoid(), raw[..., 2:4], raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1))
+
+
+def _check_anchors(anchors: Tensor, raw_or_target: Tensor) -> None:
+    if anchors.dim() != 2 or anchors.shape[1] != 2 or anchors.shape[0] != raw_or_target.shape[-2]:
+        raise ValueError(
+            f"anchors must be a Tensor[K, 2] (width, height) with K = {raw_or_target.shape[-2]} (the grid's "
+            f"anchor dimension), got {list(anchors.shape)}"
+        )
+
+
+def yolov2_cells_to_xyxy(xy: Tensor, twh: Tensor, anchors: Tensor, image_size: int) -> Tensor:
+    """Boxes on the grid -> xyxy pixels ``[..., S, S, K, 4]``.
+
+    Args:
+        xy (Tensor[..., S, S, K, 2]): the centre's offset inside its cell, in [0, 1].
+        twh (Tensor[..., S, S, K, 2]): ``log(w / p_w), log(h / p_h)``.
+        anchors (Tensor[K, 2]): the priors ``(p_w, p_h)`` in pixels.
+
+    Cell ``(i, j)`` spans ``[j, j + 1) x [i, i + 1)`` in units of ``stride = image_size / S`` pixels:
+    ``cx = (j + x) * stride``, ``w = p_w * exp(t_w)`` (``t_w`` clamped at :data:`coursekit.boxes.BBOX_XFORM_CLIP`
+    so that a wild prediction cannot make an infinite box).
+    """
+    S = xy.shape[-3]
+    cols, rows = _cell_offsets(S, xy.device)
+    stride = image_size / S
+    cx = (cols[..., None] + xy[..., 0]) * stride  # (..., S, S, K)
+    cy = (rows[..., None] + xy[..., 1]) * stride
+    wh = anchors.to(twh) * twh.clamp(max=BBOX_XFORM_CLIP).exp()  # (..., S, S, K, 2); clamped as torchvision does
+    return box_convert(torch.stack((cx, cy, wh[..., 0], wh[..., 1]), dim=-1), "cxcywh", "xyxy")
+
+
+def yolov2_encode_targets(
+    boxes: Tensor, labels: Tensor, anchors: Tensor, grid_size: int, image_size: int, num_classes: int
+) -> Tensor:
+    """One image's ground truth on the grid: ``Tensor[S, S, K, 5 + C]`` = (object, x, y, t_w, t_h, one-hot class).
+
+    Args:
+        boxes (Tensor[G, 4]): xyxy pixels inside the ``image_size`` square image.
+        labels (Tensor[G] int64): classes ``1..C``.
+        anchors (Tensor[K, 2]): the priors ``(width, height)`` in pixels.
+
+    The cell holding a box's centre is responsible for it, and of its K predictors the one whose anchor
+    has the closest shape (largest :func:`coursekit.anchors.wh_iou`). Two objects are lost to each other
+    only when they share the cell *and* the anchor (the larger is kept), far rarer than v1's shared cell.
+    """
+    _check_boxes_and_labels(boxes, labels, num_classes)
+    if anchors.dim() != 2 or anchors.shape[1] != 2:
+        raise ValueError(f"anchors must be a Tensor[K, 2] of (width, height), got {list(anchors.shape)}")
+    anchors = anchors.to(boxes)
+    S, K = grid_size, anchors.shape[0]
+    target = torch.zeros(S, S, K, 5 + num_classes, device=boxes.device)
+    wh = boxes[:, 2:] - boxes[:, :2]  # (G, 2)
+    best = wh_iou(wh, anchors).argmax(dim=1) if len(wh) else wh.new_zeros(0, dtype=torch.long)  # (G,)
+    for g, i, j, x, y in _centre_cells(boxes, S, image_size):
+        a = int(best[g])
+        if target[i, j, a, 0] > 0:
+            continue
+        tw, th = (wh[g] / anchors[a]).log().tolist()
+        target[i, j, a, :5] = torch.tensor([1.0, x, y, tw, th])
+        target[i, j, a, 4 + int(labels[g])] = 1.0  # one-hot: class c sits at 5 + (c - 1)
+    return target
+
+
+def yolov2_decode_targets(target: Tensor, anchors: Tensor, image_size: int) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`yolov2_encode_targets`: ``Tensor[S, S, K, 5 + C]`` -> (boxes ``[G', 4]`` xyxy
+    pixels, labels ``[G']``); ``G - G'`` objects were lost to a shared cell and anchor."""
+    _check_anchors(anchors, target[..., 0, None])
+    xyxy = yolov2_cells_to_xyxy(target[..., 1:3], target[..., 3:5], anchors, image_size)  # (S, S, K, 4)
+    has_object = target[..., 0] > 0
+    return xyxy[has_object], target[..., 5:].argmax(dim=-1)[has_object] + 1
+
+
+def yolov2_loss(
+    raw: Tensor, targets: Tensor, anchors: Tensor, image_size: int,
+    lambda_coord: float = LAMBDA_COORD, lambda_noobj: float = LAMBDA_NOOBJ, ignore_iou: float = IGNORE_IOU,
+) -> dict[str, Tensor]:
+    """The YOLOv2 loss: v1's five terms, per anchor (summed, averaged over the batch). -> dict of scalars.
+
+    Args:
+        raw (Tensor[N, S, S, K, 5 + C]): the network's output.
+        targets (Tensor[N, S, S, K, 5 + C]): :func:`yolov2_encode_targets` of each image, stacked.
+        anchors (Tensor[K, 2]): the priors ``(width, height)`` in pixels.
+
+    With ``1_ik`` = "anchor k of cell i holds an object": ``lambda_coord * sum 1_ik [(x - x^)^2 + (y - y^)^2]``
+    (``loss_xy``), the same on ``t_w, t_h`` (``loss_wh``), ``sum 1_ik (C - IoU)^2`` (``loss_obj``),
+    ``lambda_noobj * sum (1 - 1_ik) C^2`` over the boxes that overlap no object by more than ``ignore_iou``
+    (``loss_noobj``; a box sitting well on an object that another anchor is responsible for is left
+    alone) and ``sum 1_ik -log p_ik(c)`` (``loss_cls``: per box, not per cell, and a cross-entropy: darknet's
+    region layer back-propagates ``p - p^`` into the class logits, which is the cross-entropy's gradient).
+    ``"loss"`` is their sum.
+    """
+    out = yolov2_split_output(raw)
+    _check_anchors(anchors, raw)
+    if targets.shape != raw.shape:
+        raise ValueError(
+            f"targets must be a Tensor{list(raw.shape)} (yolov2_encode_targets, stacked), got {list(targets.shape)}"
+        )
+    N = raw.shape[0]
+    has_object = targets[..., 0] > 0  # (N, S, S, K)
+    with torch.no_grad():  # the IoU each confidence should say, and the boxes too good to call "no object"
+        pred_xyxy = yolov2_cells_to_xyxy(out.xy, out.twh, anchors, image_size)  # (N, S, S, K, 4)
+        target_xyxy = yolov2_cells_to_xyxy(targets[..., 1:3], targets[..., 3:5], anchors, image_size)
+        iou = paired_box_iou(pred_xyxy, target_xyxy)  # (N, S, S, K), meaningful where has_object
+        best = torch.stack([
+            box_iou(p.reshape(-1, 4), t[o]).max(dim=1).values.view(o.shape) if o.any() else torch.zeros_like(i)
+            for p, t, o, i in zip(pred_xyxy, target_xyxy, has_object, iou, strict=True)
+        ])  # (N, S, S, K): each box's best IoU with any object of its image
+    r = has_object.float()
+    noobj = (~has_object & (best <= ignore_iou)).float()
+    losses = {
+        "loss_xy": lambda_coord * (r[..., None] * (out.xy - targets[..., 1:3]) ** 2).sum() / N,
+        "loss_wh": lambda_coord * (r[..., None] * (out.twh - targets[..., 3:5]) ** 2).sum() / N,
+        "loss_obj": (r * (out.confidence - iou) ** 2).sum() / N,
+        "loss_noobj": lambda_noobj * (noobj * out.confidence**2).sum() / N,
+        "loss_cls": F.cross_entropy(raw[has_object][:, 5:], targets[has_object][:, 5:].argmax(dim=-1),
+                                    reduction="sum") / N,
+    }
+    return {"loss": sum(losses.values()), **losses}
+
+
+def yolov2_decode(
+    raw: Tensor, anchors: Tensor, image_size: int,
+    score_threshold: float = 0.05, iou_threshold: float = 0.5, max_detections: int = 100,
+    topk_candidates: int = 200,
+) -> list[Detection]:
+    """Detections of each image from ``raw [N, S, S, K, 5 + C]``: a list of N dicts (torchvision format).
+
+    Every box gets one score per class, ``confidence x P(class | object)`` of *its own* distribution (v2
+    keeps the box's runner-up class too: a 3 that might be an 8 is both, each scored); the
+    ``topk_candidates`` best scores above ``score_threshold`` are clipped to the image and go through
+    per-class NMS at ``iou_threshold``. Each dict: ``boxes`` (Tensor[K, 4] xyxy pixels), ``scores``
+    (Tensor[K], decreasing), ``labels`` (Tensor[K] int64 in ``1..C``), K <= ``max_detections``.
+    """
+    out = yolov2_split_output(raw)
+    _check_anchors(anchors, raw)
+    N, C = raw.shape[0], raw.shape[-1] - 5
+    boxes = yolov2_cells_to_xyxy(out.xy, out.twh, anchors, image_size).clamp(0, image_size).reshape(N, -1, 1, 4)
+    scores = (out.confidence[..., None] * out.class_probs).reshape(N, -1, C)  # (N, S*S*K, C)
+    labels = torch.arange(1, C + 1, device=raw.device).expand_as(scores)
+    return _threshold_and_nms(boxes.expand(-1, -1, C, -1).reshape(N, -1, 4), scores.reshape(N, -1),
+                              labels.reshape(N, -1), score_threshold, iou_threshold, max_detections, topk_candidates)
+
+
+def yolov2_step(model: YOLOv2, batch: tuple, device: torch.device) -> dict[str, Tensor]:
+    """A :class:`coursekit.train.Trainer` step: ``batch = (images [N, 3, H, W], list of target dicts)``."""
+    images, targets = batch
+    anchors = model.anchors.cpu()
+    grid = torch.stack([
+        yolov2_encode_targets(t["boxes"], t["labels"], anchors, model.grid_size, model.image_size, model.num_classes)
+        for t in targets
+    ]).to(device)  # (N, S, S, K, 5 + C)
+    return yolov2_loss(model(images.to(device)), grid, model.anchors, model.image_size)
 
 
 # ====================================================================================== R-CNN family

@@ -6,7 +6,7 @@ module              what it holds                                               
 ``localization``    classification + localization: one CNN, two heads               02
 ``overfeat``        window classifier + box regressor, made fully convolutional     03
 ``rcnn``            R-CNN, Fast R-CNN, Faster R-CNN with a from-scratch RPN         04
-``yolo``            YOLO v1: an S x S grid, B boxes per cell                        05
+``yolo``            YOLO v1 (an S x S grid, B boxes per cell); YOLOv2 (anchor priors)  05
 ``ssd``             SSD: default boxes on several feature maps                      05
 ``segmentation``    naive all-conv, FCN-32s/16s/8s, U-Net, SegNet, DeepLab          06
 ``torchvision_detection``  torchvision's Faster / Mask R-CNN built offline, small    04, 07
