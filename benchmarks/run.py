@@ -38,6 +38,8 @@ def notebook_times(names: list[str] | None = None) -> list[tuple[str, float]]:
     """Seconds to run each notebook top to bottom in the fast profile (papermill, a fresh kernel each)."""
     import papermill
 
+    from coursekit.headless import guard_lost_wakeups
+
     # offline, headless, one thread per kernel: what CI runs
     os.environ.update(COURSEKIT_OFFLINE="1", HF_HUB_OFFLINE="1", MPLBACKEND="Agg", COURSEKIT_PROFILE="fast")
     rows = []
@@ -47,6 +49,7 @@ def notebook_times(names: list[str] | None = None) -> list[tuple[str, float]]:
             if names and not any(n in path.name for n in names):
                 continue
             start = time.perf_counter()
+            guard_lost_wakeups()  # the widget-cell hang: coursekit/headless.py
             papermill.execute_notebook(str(path), str(Path(out) / path.name), parameters={"PROFILE": "fast"},
                                        cwd=str(path.parent), progress_bar=False, kernel_name="python3")
             rows.append((path.stem, time.perf_counter() - start))

@@ -666,6 +666,8 @@ def prepare_lecture(
     """
     try:
         import papermill
+
+        from coursekit.headless import guard_lost_wakeups
     except ModuleNotFoundError as err:
         raise SystemExit(f"coursekit prepare --lecture needs {err.name}: pip install papermill") from None
     from coursekit.weights import cache_dir
@@ -685,6 +687,7 @@ def prepare_lecture(
         start_clock, start = time.time(), time.perf_counter()
         status = "ok"
         try:
+            guard_lost_wakeups()  # the widget-cell hang: coursekit/headless.py
             papermill.execute_notebook(str(path), str(out / file), cwd=str(folder), kernel_name="python3",
                                        parameters={"PROFILE": "lecture", "RETRAIN": retrain}, progress_bar=False)
             from coursekit.site import store_executed

@@ -125,6 +125,8 @@ def _execute(source: Path, profile: str, timeout: int) -> tuple[Path, float, str
     """Run ``source`` with papermill in ``profile``; store it; return (executed path, seconds, error)."""
     import papermill
 
+    from coursekit.headless import guard_lost_wakeups
+
     out = executed_dir() / "running" / source.name
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -132,6 +134,7 @@ def _execute(source: Path, profile: str, timeout: int) -> tuple[Path, float, str
     for attempt in (1, 2):
         try:
             with inline_figures():
+                guard_lost_wakeups()  # the widget-cell hang: coursekit/headless.py
                 papermill.execute_notebook(str(source), str(out), parameters={"PROFILE": profile},
                                            kernel_name="python3", cwd=str(source.parent),
                                            execution_timeout=timeout, progress_bar=False)
@@ -139,7 +142,7 @@ def _execute(source: Path, profile: str, timeout: int) -> tuple[Path, float, str
             break
         except Exception as err:  # the executed copy keeps the error output; the check reports it
             error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
-            # A kernel that sits idle on a widget cell (ipykernel; see tests/test_notebooks.py) gets one fresh try.
+            # A cell that timed out (a hang coursekit.headless did not catch, or a slow run) gets one fresh try.
             if not isinstance(err, TimeoutError) or attempt == 2:
                 break
             print(f"{source.name}: a cell timed out after {timeout} s; retrying once in a fresh kernel", flush=True)

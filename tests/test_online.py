@@ -18,6 +18,8 @@ import papermill
 import pytest
 import torch
 
+from coursekit.headless import guard_lost_wakeups
+
 ROOT = Path(__file__).resolve().parents[1]
 # The lecture notebooks whose code branches on the network: real ImageNet weights (01, 02, and the
 # ResNet-18 backbones of 04 and 07) and smp's ImageNet encoder (06).
@@ -130,6 +132,7 @@ def test_notebook_online_branch_runs_in_fast_profile(path, online, tmp_path):
     out = tmp_path / Path(path).name
     # the kernel inherits this environment: cache paths set, offline switches removed, and the IPython
     # startup file of the cache blocks its network
+    guard_lost_wakeups()  # the widget-cell hang: coursekit/headless.py
     papermill.execute_notebook(str(ROOT / path), str(out), parameters={"PROFILE": "fast"}, kernel_name="python3",
                                cwd=str((ROOT / path).parent), execution_timeout=CELL_TIMEOUT_S, progress_bar=False)
     printed = _stdout(out)

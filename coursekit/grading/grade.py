@@ -59,6 +59,7 @@ from coursekit.grading.expect import EXPECT_MIME, values_match
 from coursekit.grading.integrity import Canary, canary_evidence, end_marker, guard_source, make_canary
 from coursekit.grading.sandbox import Limits, Sandbox, SandboxMode, resolve_sandbox
 from coursekit.grading.static import Finding, check_answer, instructor_imports, protected_names, transform_cell
+from coursekit.headless import guard_lost_wakeups
 
 __all__ = [
     "CellResult",
@@ -284,6 +285,8 @@ class _Runner:
         manager = _ThisPythonKernelManager
         if launch is not None:
             manager = type("_SandboxedKernelManager", (_ThisPythonKernelManager,), {"_ck_launch": launch})
+        # A lost ZeroMQ wakeup would time out a correct cell and cost the student its points (coursekit/headless.py).
+        guard_lost_wakeups()
         # The client's own notebook has one extra cell: a probe that asks "are you responsive again?".
         self.client = _GradingClient(
             nbformat.v4.new_notebook(cells=[*nb.cells, self.probe]), kernel_name="python3",
