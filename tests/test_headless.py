@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from datetime import datetime, timedelta, timezone
 from queue import Empty
 
 import pytest
@@ -29,12 +30,13 @@ class _Socket:
 
 
 class _Channel:
-    def __init__(self, pending: int):
-        self.socket = _Socket(pending)
+    def __init__(self, pending: int, age_s: float = 2.0):
+        self.socket, self.age_s = _Socket(pending), age_s
 
     async def _recv(self):
-        self.socket.pending -= 1
-        return {"msg_type": "execute_reply"}
+        self.socket.pending -= 1  # sent by the kernel age_s ago
+        sent = datetime.now(timezone.utc) - timedelta(seconds=self.age_s)
+        return {"msg_type": "execute_reply", "header": {"date": sent}}
 
 
 @pytest.fixture
@@ -55,6 +57,12 @@ def test_a_message_behind_a_missed_wakeup_is_received_and_counted(get_msg):
     assert msg["msg_type"] == "execute_reply"
     assert time.monotonic() - start < 1.0  # one slice, not the whole timeout
     assert headless.lost_wakeups() == before + 1
+
+
+def test_a_message_that_just_arrived_is_not_counted(get_msg):
+    before = headless.lost_wakeups()
+    msg = asyncio.run(get_msg(_Channel(pending=1, age_s=0.01), timeout=None))
+    assert msg["msg_type"] == "execute_reply" and headless.lost_wakeups() == before
 
 
 def test_nothing_pending_still_times_out(get_msg):
