@@ -181,9 +181,10 @@ def test_notebook_runs_in_fast_profile(path, tmp_path, record_property):
             elapsed = _run_fast(path, out)
     except TimeoutError:
         # A cell that does not finish within CELL_TIMEOUT_S. Either the kernel computed all along (too
-        # slow: CPU seconds close to the wall time) or it sat idle without answering (a hang: seen on
-        # widget cells, jupyter/nbclient#312, ipython/ipykernel#1554). One fresh kernel tells a hang
-        # apart from a notebook that is really too slow or loops (that one times out twice). The retry
+        # slow: CPU seconds close to the wall time) or it sat idle without answering (a hang: the lost
+        # ZeroMQ wakeup on widget cells, which coursekit.headless now recovers, or one not yet known).
+        # One fresh kernel tells a hang apart from a notebook that is really too slow or loops (that one
+        # times out twice). The retry
         # is never silent: a NotebookRetryWarning, and the "notebook retries" section of the summary.
         cell, started = _timed_out_cell(out)
         used = cpu.used_since(started) if started else float("nan")
