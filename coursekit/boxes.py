@@ -200,11 +200,93 @@ def _greedy_keep(iou: Tensor, iou_threshold: float, alive: Tensor | None = None)
     return keep
 
 
+def _below(threshold: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` number <= ``threshold``. For an IoU of that dtype, ``iou > _below(t)`` is exactly
+    ``iou > t`` in real numbers, as torchvision compares (in double). ``iou > t`` in PyTorch rounds ``t`` to
+    the nearest float32 first: 0.1 becomes 0.100000001, and an IoU of exactly float32(0.1) is then not above
+    the threshold although torchvision suppresses it."""
+    value = torch.tensor(threshold, dtype=dtype)
+    if dtype in (torch.float32, torch.float64) and value.item() > threshold:
+        value = torch.nextafter(value, torch.tensor(-math.inf, dtype=dtype))
+    return value.item()
+
+
 _NMS_BLOCK = 256  # boxes resolved together; bounds memory at O(N x block) instead of O(N^2)
+_SWEEP_MAX_PAIRS = 1 << 22  # pairs the sweep holds at once (~100 MB); a denser pile of boxes goes by blocks
+
+
+def _x_overlapping_pairs(boxes: Tensor, classes: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The pairs of boxes (of the same class, if ``classes``) whose x-extents overlap, each once, or None
+    when there are more than ``_SWEEP_MAX_PAIRS``. Returns ``(by_left, counts, cols)``: the boxes sorted by
+    (class, left edge) (Tensor[N] indices into ``boxes``), how many later boxes each of them overlaps
+    (Tensor[N]), and those boxes' positions in that order (Tensor[P], run after run).
+
+    Sweep and prune: sorted by left edge, a box overlaps in x exactly the boxes after it whose left edge is
+    left of its right edge, one contiguous run found by a binary search. Boxes apart in x do not intersect.
+    The sort key is exact: each edge's rank among all edge values, plus the class times their count.
+    """
+    n = boxes.shape[0]
+    values = torch.cat([boxes[:, 0], boxes[:, 2]])  # every left and right edge
+    ranks = torch.unique(values, sorted=True, return_inverse=True)[1]  # equal values, equal ranks
+    stride = 2 * n + 1
+    group = classes.to(torch.int64) * stride if classes is not None else 0
+    left_key, right_key = ranks[:n] + group, ranks[n:] + group
+    left, by_left = torch.sort(left_key, stable=True)
+    run_end = torch.searchsorted(left, right_key[by_left].contiguous(), side="left")  # first left edge >= my right
+    counts = (run_end - torch.arange(1, n + 1, device=boxes.device)).clamp(min=0)
+    total = int(counts.sum())
+    if total > _SWEEP_MAX_PAIRS:
+        return None
+    # Position of each pair's second box: its first box's position + 1, 2, ... along the run.
+    run_start = torch.cumsum(counts, 0) - counts
+    offset = torch.arange(total, device=boxes.device) - run_start.repeat_interleave(counts)
+    cols = torch.arange(1, n + 1, device=boxes.device).repeat_interleave(counts) + offset
+    return by_left, counts, cols
+
+
+def _nms_sweep(boxes: Tensor, iou_threshold: float, classes: Tensor | None = None) -> Tensor | None:
+    """Greedy NMS of boxes sorted by decreasing score -> bool mask of the kept ones, or None (too many pairs).
+
+    Only boxes that overlap can suppress each other (for a threshold >= 0), and on a detector's output most
+    pairs do not: find the pairs that overlap in x (:func:`_x_overlapping_pairs`; of one class when
+    ``classes`` is given: another class never suppresses), compute their IoU, keep
+    the edges "higher-ranked box -> lower-ranked box, IoU > threshold", and resolve them with the fixed point
+    of :func:`_greedy_keep` on that short list of edges. A few operations on the overlapping pairs instead
+    of many on N x N: under load, the number of operations is what costs (issue 15).
+    """
+    found = _x_overlapping_pairs(boxes, classes)
+    if found is None:
+        return None
+    by_left, counts, cols = found
+    rows = torch.arange(boxes.shape[0], device=boxes.device).repeat_interleave(counts)
+    # Coordinates in left-edge order, one contiguous row each. Of the pairs that overlap in x, keep those
+    # that overlap in y too (two coordinates per pair), then compute the IoU of those only.
+    coords = boxes.index_select(0, by_left).T.contiguous()  # (4, N)
+    y1, y2 = coords[1].repeat_interleave(counts), coords[3].repeat_interleave(counts)
+    y1_other, y2_other = coords[1].index_select(0, cols), coords[3].index_select(0, cols)
+    both = ((y1 < y2_other) & (y1_other < y2)).nonzero().squeeze(1)
+    rows, cols = rows.index_select(0, both), cols.index_select(0, both)
+    inter, union = _paired_inter_union(coords.index_select(1, rows).T, coords.index_select(1, cols).T)
+    over = (inter / union) > iou_threshold  # NaN (two empty boxes) compares False: never suppresses
+    edges = over.nonzero().squeeze(1)
+    a, b = by_left[rows[edges]], by_left[cols[edges]]  # back to score ranks: the lower index ranks higher
+    src, dst = torch.minimum(a, b), torch.maximum(a, b)
+    n = boxes.shape[0]
+    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    for _ in range(n):
+        suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+        suppressed[dst[keep[src]]] = True
+        if torch.equal(~suppressed, keep):
+            break
+        keep = ~suppressed
+    return keep
 
 
 def _nms_sorted(boxes: Tensor, iou_threshold: float, classes: Tensor | None = None) -> Tensor:
     """Greedy NMS of boxes sorted by decreasing score -> bool mask of the kept ones.
+
+    By :func:`_nms_sweep` when it applies (a threshold >= 0: boxes apart never suppress; not too many
+    overlapping pairs); otherwise as follows.
 
     Block by block, best first: resolve a block of ``_NMS_BLOCK`` boxes among themselves with
     :func:`_greedy_keep` (minus the ones earlier blocks already suppressed), then let the block's kept
@@ -212,6 +294,10 @@ def _nms_sorted(boxes: Tensor, iou_threshold: float, classes: Tensor | None = No
     (kept boxes x N) IoUs, as in torchvision's loop, but in a few large tensor operations.
     ``classes`` (int Tensor[N], optional): a box only suppresses boxes of its own class (batched NMS).
     """
+    if iou_threshold >= 0:
+        keep = _nms_sweep(boxes, iou_threshold, classes)
+        if keep is not None:
+            return keep
     n = boxes.shape[0]
     suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
     keep = torch.zeros(n, dtype=torch.bool, device=boxes.device)
@@ -249,14 +335,14 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         iou_threshold: a box is dropped when its IoU with a higher-scoring kept box is ``> iou_threshold``.
 
     Same indices in the same order as ``torchvision.ops.nms`` (ties in score keep their input order).
-    Memory is O(N x 256): the boxes are processed in blocks (see :func:`_nms_sorted`).
+    Work and memory follow the pairs of boxes that overlap (see :func:`_nms_sorted`).
     """
     check_boxes(boxes)
     _check_scores(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
-    return order[_nms_sorted(boxes[order], iou_threshold)]
+    return order[_nms_sorted(boxes[order], _below(iou_threshold, boxes.dtype))]
 
 
 @threads(1)  # as nms
@@ -273,7 +359,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     order = torch.sort(scores, descending=True, stable=True).indices
     # All classes in one pass, the IoU of two classes masked out: a loop over the classes would run NMS's
     # small operations once per class (issue 15: 4-5x torchvision under load with 5 classes).
-    return order[_nms_sorted(boxes[order], iou_threshold, idxs[order])]
+    return order[_nms_sorted(boxes[order], _below(iou_threshold, boxes.dtype), idxs[order])]
 
 
 def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

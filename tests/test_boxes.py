@@ -117,6 +117,7 @@ def test_batched_nms_matches_torchvision(seed):
 def test_nms_blocks_give_the_greedy_result(monkeypatch, block):
     # NMS resolves blocks of boxes and suppresses across them; any block size must give the same answer
     monkeypatch.setattr(B, "_NMS_BLOCK", block)
+    monkeypatch.setattr(B, "_SWEEP_MAX_PAIRS", 0)  # the sweep declines: every case goes by blocks
     boxes, scores = _clustered(300, 11)
     idxs = torch.randint(0, 3, (300,), generator=torch.Generator().manual_seed(11))
     for thr in (0.3, 0.5, 0.7):
@@ -188,3 +189,33 @@ def test_paired_box_iou_is_the_diagonal_of_torchvisions_box_iou_and_broadcasts(s
     torch.testing.assert_close(B.paired_box_iou(a[:, None], b[None]), tvops.box_iou(a, b))  # broadcast: every pair
     empty = torch.zeros(1, 4)
     assert B.paired_box_iou(empty, empty).item() == 0.0  # not NaN: used inside losses
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nms_sweep_edge_cases_match_torchvision(seed):
+    # Ties in x and in score, touching edges, identical and zero-width/zero-area boxes, a negative threshold
+    # (the sweep declines: boxes apart would suppress), many classes: same indices as torchvision.
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, 40, (300, 2), generator=g).float()
+    wh = torch.randint(0, 12, (300, 2), generator=g).float()  # zero widths and heights included
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[10:20] = boxes[0]  # identical boxes
+    scores = torch.randint(0, 5, (300,), generator=g).float()  # many ties
+    idxs = torch.randint(0, 7, (300,), generator=g)
+    for thr in (-0.5, 0.0, 0.1, 0.5, 0.9):
+        assert torch.equal(B.nms(boxes, scores, thr), tvops.nms(boxes, scores, thr)), thr
+        if thr >= 0:  # below 0, torchvision's coordinate trick lets classes suppress each other (IoU 0 > thr)
+            assert torch.equal(B.batched_nms(boxes, scores, idxs, thr), tvops.batched_nms(boxes, scores, idxs, thr))
+
+
+def test_x_overlapping_pairs_are_every_intersecting_pair_once():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(200, 2, generator=g) * 20], 1)
+    by_left, counts, cols = B._x_overlapping_pairs(boxes)
+    first, second = by_left.repeat_interleave(counts), by_left[cols]
+    found = {(min(a, b), max(a, b)) for a, b in zip(first.tolist(), second.tolist())}
+    assert len(found) == len(first)  # each pair once
+    inter = tvops.box_iou(boxes, boxes) > 0
+    expected = {(a, b) for a, b in inter.triu(diagonal=1).nonzero().tolist()}
+    assert expected <= found  # every intersecting pair is a candidate
