@@ -28,6 +28,7 @@ from torch.utils.data import Sampler
 
 from coursekit.losses import contrastive_loss, triplet_loss
 from coursekit.metrics.retrieval import pairwise_distances
+from coursekit.train import eval_mode
 from coursekit.weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -83,12 +84,8 @@ def embed(model: nn.Module, images: Tensor, batch_size: int = 256, device: torch
     The model is put back in the mode it was in.
     """
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = [model(images[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 

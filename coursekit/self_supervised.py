@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from torchvision.models import ResNet, resnet18
 
 from coursekit.data.augment import SimCLRAugment, two_views
 from coursekit.losses import nt_xent_loss
+from coursekit.train import eval_mode
 from coursekit.weights import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 Method = Literal["simclr", "moco", "supervised"]
-METHODS: tuple[str, ...] = ("simclr", "moco", "supervised")
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 def _normalise(images: Tensor) -> Tensor:
@@ -89,11 +90,8 @@ def small_convnet(width: int = 32) -> nn.Sequential:
 
 
 def _feature_dim(encoder: nn.Module, image_size: int = 32) -> int:
-    was_training = encoder.training
-    encoder.eval()
-    with torch.no_grad():
+    with eval_mode(encoder), torch.no_grad():
         dim = encoder(torch.zeros(2, 3, image_size, image_size, device=next(encoder.parameters()).device)).shape[1]
-    encoder.train(was_training)
     return int(dim)
 
 

@@ -19,7 +19,7 @@ draw their glyphs from disjoint identity ranges.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from coursekit.data.identities import glyph_strokes, render_glyphs
 __all__ = ["Clips"]
 
 Split = Literal["train", "test"]
-_SPLITS = ("train", "test")
+_SPLITS: tuple[str, ...] = get_args(Split)
 _GLYPH_OFFSET = {"train": 2_000_000, "test": 3_000_000}  # disjoint from Identities' glyphs, and from each other
 _SIZE_RANGE = (0.18, 0.32)  # target's starting side, fraction of the frame side
 _GROWTH_RANGE = (0.6, 1.6)  # its size at the last frame over its size at the first

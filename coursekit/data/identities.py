@@ -13,7 +13,7 @@ class (train on some digits, search among the others).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from coursekit.data._render import background, check_count, finish, random_colou
 __all__ = ["Identities", "glyph_strokes", "render_glyphs", "held_out_digits"]
 
 Split = Literal["train", "test"]
-_SPLITS = ("train", "test")
+_SPLITS: tuple[str, ...] = get_args(Split)
 _SPLIT_OFFSET = {"train": 0, "test": 1_000_000}  # identity seeds: train 0, 1, ...; test 1e6, 1e6 + 1, ...
 _STROKES = 4  # pen strokes (line segments) per glyph: a 3-segment polyline and one free segment
 _ROTATION_DEG = 20.0  # instances are rotated uniformly in +-20 degrees
