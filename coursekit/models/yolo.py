@@ -106,13 +106,10 @@ class YOLO(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Boxes of a batch ``[N, 3, H, W]``: :func:`coursekit.detection.yolo_decode` of ``forward``, in eval mode."""
         from coursekit.detection import yolo_decode
+        from coursekit.train import eval_mode
 
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             raw = self(images)
-        finally:
-            self.train(was_training)
         return yolo_decode(raw, self.num_boxes, self.image_size, score_threshold, iou_threshold, max_detections)
 
 
@@ -191,13 +188,10 @@ class YOLOv2(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Boxes of a batch ``[N, 3, H, W]``: :func:`coursekit.detection.yolov2_decode` of ``forward``, in eval mode."""
         from coursekit.detection import yolov2_decode
+        from coursekit.train import eval_mode
 
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             raw = self(images)
-        finally:
-            self.train(was_training)
         return yolov2_decode(raw, self.anchors, self.image_size, score_threshold, iou_threshold, max_detections)
 
 
