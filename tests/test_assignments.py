@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from machine_speed import scaled
 
 from coursekit.grading import build
 from coursekit.grading.grade import grade_notebook
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 NAMES = [path.name for path in SOLUTIONS]
 # The issue: every assignment runs in under 2 minutes on a CPU in the fast profile.
-LIMIT_S = 120
+LIMIT_S = scaled(120)  # stretched on a slow host: tests/machine_speed.py
 
 
 def test_there_are_at_least_six_assignments():
@@ -46,7 +47,7 @@ def test_solution_scores_full_marks(name):
     report = grade_notebook(ROOT / "solutions" / name, ROOT / "solutions" / name)
     failed = {t.grade_id: t.error for t in report.tests if t.points < t.max_points}
     assert report.max_score > 0 and report.score == report.max_score, failed
-    assert report.duration_s < LIMIT_S, f"{name} took {report.duration_s:.0f} s (limit {LIMIT_S} s)"
+    assert report.duration_s < LIMIT_S, f"{name} took {report.duration_s:.0f} s (limit {LIMIT_S:.0f} s)"
 
 
 @pytest.mark.notebook

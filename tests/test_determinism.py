@@ -13,6 +13,7 @@ from pathlib import Path
 
 import papermill
 import pytest
+from machine_speed import scaled
 
 from coursekit.headless import guard_lost_wakeups
 
@@ -46,7 +47,7 @@ def test_same_seed_same_printed_metrics(tmp_path):
         guard_lost_wakeups()  # the widget-cell hang: coursekit/headless.py
         papermill.execute_notebook(str(ROOT / NOTEBOOK), str(out), parameters={"PROFILE": "fast", "SEED": 0},
                                    kernel_name="python3", cwd=str((ROOT / NOTEBOOK).parent),
-                                   execution_timeout=120, progress_bar=False)
+                                   execution_timeout=scaled(120), progress_bar=False)
         runs.append(metric_lines(out))
     assert len(runs[0]) >= 3, f"{NOTEBOOK} printed too few metric lines: {runs[0]}"
     different = [(a, b) for a, b in zip(*runs, strict=False) if a != b]

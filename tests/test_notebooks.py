@@ -18,6 +18,7 @@ from pathlib import Path
 
 import papermill
 import pytest
+from machine_speed import scaled
 
 from coursekit.course import NOTEBOOKS, colab_url, language_info
 from coursekit.headless import guard_lost_wakeups, lost_wakeups
@@ -27,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("notebooks", "solutions", "assignments")
 ALL = sorted(p.relative_to(ROOT).as_posix() for folder in FOLDERS for p in (ROOT / folder).glob("*.ipynb"))
 # Fast-profile budget per notebook on a 2-core CPU (the issue asks < 60 s for lecture notebooks); the
-# margin absorbs a second pytest worker sharing the CPU.
-LIMIT_S = 150
+# margin absorbs a second pytest worker sharing the CPU. Both limits stretch when the host itself runs slow
+# (tests/machine_speed.py; the factor is in the summary).
+LIMIT_S = scaled(150)
 LECTURES = [path for path in ALL if path.startswith("notebooks/")]
-CELL_TIMEOUT_S = 120
+CELL_TIMEOUT_S = scaled(120)
 
 
 def _load(path: str) -> dict:
@@ -198,7 +200,7 @@ def test_notebook_runs_in_fast_profile(path, tmp_path, record_property):
     print(f"{path}: {elapsed:.1f} s")
     # The website (make site, coursekit.site) publishes this executed copy instead of running the notebook again.
     store_executed(ROOT / path, out, "fast")
-    assert elapsed < LIMIT_S, f"{path} took {elapsed:.0f} s in the fast profile (limit {LIMIT_S} s)"
+    assert elapsed < LIMIT_S, f"{path} took {elapsed:.0f} s in the fast profile (limit {LIMIT_S:.0f} s)"
 
 
 def test_readme_lists_every_notebook_with_its_badge():
