@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("COURSEKIT_PROFILE", "fast")
 
+import machine_speed  # noqa: E402  (imports torch only when it measures)
+
 
 def pytest_configure(config):
     """Pretrain the offline backbone once, before parallel workers start, if the cache lacks it.
@@ -17,8 +19,6 @@ def pytest_configure(config):
     """
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller has done it
         return
-    import machine_speed
-
     machine_speed.measure()  # before the workers start: they inherit the factor (tests/machine_speed.py)
     from coursekit import weights
 
@@ -59,8 +59,6 @@ def pytest_terminal_summary(terminalreporter):
     times = ", ".join(f"{nodeid.split('[')[-1].rstrip(']').split('/')[-1][:2]} {secs}s"
                       for nodeid, _, secs in sorted(_NOTEBOOK_RUNS) if secs is not None)
     terminalreporter.write_line(f"seconds per notebook: {times}")
-    import machine_speed
-
     probe = os.environ.get(machine_speed.ENV + "_PROBE", "not measured")
     terminalreporter.write_line(f"time limits x{machine_speed.factor():.2f}: this machine's probe step took {probe} s "
                                 f"against {machine_speed.REFERENCE_S} s at its usual speed (tests/machine_speed.py)")
