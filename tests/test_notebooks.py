@@ -51,6 +51,19 @@ def test_every_notebook_is_executed_by_this_suite():
         assert f"notebooks/{nb.file}" in ALL
 
 
+@pytest.mark.parametrize("path", LECTURES)
+def test_lecture_notebook_ends_with_the_decks_glossary(path):
+    # Issue 13: a student of the Romanian and Russian decks finds each concept by the decks' own words.
+    last = _load(path)["cells"][-1]
+    text = "".join(last["source"])
+    assert last["cell_type"] == "markdown" and "## Glossary: the decks' own words" in text, (
+        f"{path}: the last cell must hold the glossary (English term | the decks' Romanian / Russian term)")
+    glossary = text[text.index("## Glossary"):]
+    rows = [line for line in glossary.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    assert len(rows) >= 6 and "Русский" in rows[0], f"{path}: the glossary table is missing or too short"
+    assert any("(00" in row for row in rows[1:]), f"{path}: no term is quoted from a deck (deck number in brackets)"
+
+
 @pytest.mark.parametrize("path", ALL)
 def test_notebook_is_clean_and_parametrised(path):
     nb = _load(path)
