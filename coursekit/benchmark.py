@@ -97,13 +97,36 @@ def add_case(
     CASES.append(Case(name, ours, reference, make_inputs))
 
 
+def compare(ours: Callable, reference: Callable, *args, repeats: int = 20, warmup: int = 2) -> tuple[float, float]:
+    """Median wall-clock seconds of ``ours(*args)`` and of ``reference(*args)``, timed in alternation (ours,
+    reference, ours, ...), after ``warmup`` calls of each.
+
+    Why alternate: timed one block after the other, a change in the machine's load between the two blocks
+    (another process starting, the host slowing down) becomes part of the ratio; alternating call by call
+    exposes both to the same load, so the ratio stays meaningful on a busy machine.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            for fn, out in ((ours, times[0]), (reference, times[1])):
+                _synchronize(args)
+                start = time.perf_counter()
+                fn(*args)
+                _synchronize(args)
+                if i >= warmup:
+                    out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def ops_table(cases: list[Case] | None = None, repeats: int = 10, seed: int = 0) -> list[Row]:
-    """Time every case (default: :data:`CASES`), ours against the reference, on the same seeded inputs."""
+    """Time every case (default: :data:`CASES`), ours against the reference, on the same seeded inputs,
+    in alternation (:func:`compare`)."""
     rows = []
     for case in CASES if cases is None else cases:
         args = case.make_inputs(torch.Generator().manual_seed(seed))
-        ours = benchmark(case.ours, *args, repeats=repeats) * 1e3
-        ref = benchmark(case.reference, *args, repeats=repeats) * 1e3
+        ours, ref = (seconds * 1e3 for seconds in compare(case.ours, case.reference, *args, repeats=repeats))
         rows.append(Row(case.name, ours, ref, ours / ref))
     return rows
 

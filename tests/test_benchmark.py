@@ -17,6 +17,23 @@ def test_benchmark_returns_the_median_time():
         bm.benchmark(calls.append, 1, repeats=0)
 
 
+def test_compare_alternates_so_a_load_change_hits_both_alike():
+    calls = []
+    ours, ref = bm.compare(lambda: calls.append("ours"), lambda: calls.append("ref"), repeats=3, warmup=1)
+    assert calls == ["ours", "ref"] * 4 and ours >= 0 and ref >= 0
+    # The machine slows down 10x halfway through: timed block after block, the ratio would be off by 10x.
+    state = {"n": 0}
+
+    def load_changes_halfway(t):
+        state["n"] += 1
+        time.sleep(t * (10 if state["n"] > 12 else 1))
+
+    ours, ref = bm.compare(load_changes_halfway, load_changes_halfway, 0.001, repeats=11, warmup=1)
+    assert 0.5 < ours / ref < 2
+    with pytest.raises(ValueError, match="repeats"):
+        bm.compare(calls.append, calls.append, 1, repeats=0)
+
+
 def test_ops_table_rows_and_format():
     case = bm.Case("sleep", lambda t: time.sleep(2 * t), lambda t: time.sleep(t), lambda g: (0.002,))
     (row,) = bm.ops_table([case], repeats=2)
