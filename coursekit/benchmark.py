@@ -55,16 +55,18 @@ def benchmark(fn: Callable, *args, repeats: int = 20, warmup: int = 2, **kwargs)
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    times = []
     with torch.no_grad():
-        for i in range(warmup + repeats):
-            _synchronize(args)
-            start = time.perf_counter()
-            fn(*args, **kwargs)
-            _synchronize(args)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times = [_timed_call(fn, args, kwargs) for _ in range(warmup + repeats)]
+    return statistics.median(times[warmup:])
+
+
+def _timed_call(fn: Callable, args: tuple, kwargs: dict) -> float:
+    """Seconds of one call, with the device's queued work finished before and after it."""
+    _synchronize(args)
+    start = time.perf_counter()
+    fn(*args, **kwargs)
+    _synchronize(args)
+    return time.perf_counter() - start
 
 
 @dataclass(frozen=True)
@@ -107,17 +109,10 @@ def compare(ours: Callable, reference: Callable, *args, repeats: int = 20, warmu
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    times: tuple[list[float], list[float]] = ([], [])
     with torch.no_grad():
-        for i in range(warmup + repeats):
-            for fn, out in ((ours, times[0]), (reference, times[1])):
-                _synchronize(args)
-                start = time.perf_counter()
-                fn(*args)
-                _synchronize(args)
-                if i >= warmup:
-                    out.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+        pairs = [(_timed_call(ours, args, {}), _timed_call(reference, args, {})) for _ in range(warmup + repeats)]
+    ours_s, reference_s = zip(*pairs[warmup:], strict=True)
+    return statistics.median(ours_s), statistics.median(reference_s)
 
 
 def ops_table(cases: list[Case] | None = None, repeats: int = 10, seed: int = 0) -> list[Row]:
