@@ -26,9 +26,9 @@ def probe_seconds(repeats: int = 5) -> float:
     import torch
     import torchvision
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from coursekit.runtime import threads
+
+    with threads(1):
         model = torchvision.models.resnet18(num_classes=10)
         x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         model(x).sum().backward()  # warm-up: allocator, kernels
@@ -38,8 +38,6 @@ def probe_seconds(repeats: int = 5) -> float:
             model(x).sum().backward()
             times.append(time.perf_counter() - start)
         return min(times)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def measure() -> float:
