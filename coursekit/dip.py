@@ -295,11 +295,26 @@ def _criterion(name: Criterion) -> Callable[[Tensor, Tensor], Tensor]:
     return _CRITERIA[name]
 
 
+def _on_device_of(*fixed: Tensor) -> Callable[[Tensor], tuple[Tensor, ...]]:
+    """The loss's fixed tensors (target, mask), on the device of the net's output, copied once per device.
+
+    The corrupted image is usually made on the CPU, while :func:`fit_dip` runs the net on the GPU.
+    """
+    copies: dict[torch.device, tuple[Tensor, ...]] = {}
+
+    def on(out: Tensor) -> tuple[Tensor, ...]:
+        if out.device not in copies:
+            copies[out.device] = tuple(t.to(out.device) for t in fixed)
+        return copies[out.device]
+
+    return on
+
+
 def denoising_loss(noisy: Tensor, criterion: Criterion = "mse") -> LossFn:
     """Denoising: compare the output with the noisy image, every pixel. ``E(x) = ||x - x0||^2``."""
-    target = _as_batch(noisy, "noisy").detach()
+    fixed = _on_device_of(_as_batch(noisy, "noisy").detach())
     crit = _criterion(criterion)
-    return lambda out: crit(out, target)
+    return lambda out: crit(out, *fixed(out))
 
 
 def inpainting_loss(corrupted: Tensor, known: Tensor, criterion: Criterion = "mse") -> LossFn:
@@ -315,9 +330,14 @@ def inpainting_loss(corrupted: Tensor, known: Tensor, criterion: Criterion = "ms
     if not m.any():
         raise ValueError("the mask marks no pixel as known: there is nothing to fit")
     crit = _criterion(criterion)
-    n_known = m.expand_as(target).sum()
-    # The mean over the known pixels only, so the loss does not shrink when more pixels are missing.
-    return lambda out: crit(out * m, target * m, reduction="sum") / n_known
+    fixed = _on_device_of(target * m, m, m.expand_as(target).sum())
+
+    def loss(out: Tensor) -> Tensor:
+        known_target, mask, n_known = fixed(out)
+        # The mean over the known pixels only, so the loss does not shrink when more pixels are missing.
+        return crit(out * mask, known_target, reduction="sum") / n_known
+
+    return loss
 
 
 def super_resolution_loss(low_res: Tensor, factor: int, criterion: Criterion = "mse") -> LossFn:
@@ -326,9 +346,9 @@ def super_resolution_loss(low_res: Tensor, factor: int, criterion: Criterion = "
     ``E(x) = ||d(x) - x0||^2`` with ``d`` = :func:`downsample` by ``factor``; the net's output is
     ``factor`` times larger than ``low_res`` (so is the noise it is fed).
     """
-    target = _as_batch(low_res, "low_res").detach()
+    fixed = _on_device_of(_as_batch(low_res, "low_res").detach())
     crit = _criterion(criterion)
-    return lambda out: crit(downsample(out, factor), target)
+    return lambda out: crit(downsample(out, factor), *fixed(out))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -115,6 +115,26 @@ def test_inpainting_loss_ignores_the_missing_pixels(make_mask):
     assert loss(torch.where(known, 1 - clean, clean)).item() > 0  # but a change in a known pixel counts
 
 
+def _task_losses() -> dict[str, object]:
+    clean = _image()
+    return {
+        "denoising": denoising_loss(clean),
+        "inpainting": inpainting_loss(clean, random_pixel_mask(16, 16, 0.5)),
+        "super-resolution": super_resolution_loss(downsample(clean, 2), 2),
+    }
+
+
+@pytest.mark.parametrize("task", ["denoising", "inpainting", "super-resolution"])
+def test_losses_follow_the_output_to_its_device(task):
+    # Found on a GPU: the corrupted image is made on the CPU, fit_dip runs the net on CUDA, and the loss
+    # compared the two ("Expected all tensors to be on the same device"). The meta device stands in for
+    # CUDA here: a loss that keeps its target on the CPU raises the same error on it.
+    loss = _task_losses()[task]
+    on_meta = loss(torch.empty(1, 3, 16, 16, device="meta"))
+    assert on_meta.device.type == "meta" and on_meta.shape == ()
+    assert loss(_image()).device.type == "cpu"  # and back: one copy per device, the CPU one kept
+
+
 def test_losses_reject_bad_input():
     with pytest.raises(ValueError, match="criterion"):
         denoising_loss(_image(), criterion="huber")
