@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from coursekit.boxes import box_iou, check_boxes
+from coursekit.runtime import draw_device
 
 __all__ = [
     "BACKGROUND",
@@ -277,7 +278,7 @@ def sample_balanced(
     num_pos = positive.sum(dim=1).clamp(max=int(batch_size_per_image * positive_fraction))  # (N,)
     num_neg = negative.sum(dim=1).minimum(batch_size_per_image - num_pos)
     # a uniformly random subset of size k = the k candidates with the largest random keys
-    keys = torch.rand(rows.shape, generator=generator, device=rows.device)
+    keys = torch.rand(rows.shape, generator=generator, device=draw_device(generator, rows.device)).to(rows.device)
     pick_pos = positive & (_rank_desc(keys.masked_fill(~positive, -1.0)) < num_pos[:, None])
     pick_neg = negative & (_rank_desc(keys.masked_fill(~negative, -1.0)) < num_neg[:, None])
     return pick_pos.reshape(labels.shape), pick_neg.reshape(labels.shape)

@@ -404,13 +404,14 @@ def decode_boxes(
 ) -> Tensor:
     """Apply deltas (Tensor[N, 4]: dx, dy, dw, dh) to ``boxes`` (Tensor[N, 4] xyxy): the inverse of
     :func:`encode_boxes`. -> Tensor[N, 4] xyxy. ``dw``/``dh`` are clamped at ``clamp`` before ``exp`` so a
-    wild prediction cannot make an infinite box. Same as torchvision's ``BoxCoder.decode_single``.
+    wild prediction cannot make an infinite box. Same as torchvision's ``BoxCoder.decode_single``, except that
+    ``boxes`` follow ``rel_codes`` to its device too: anchors made once on the CPU meet a GPU network's output.
     """
     check_boxes(boxes, "boxes")
     if not isinstance(rel_codes, Tensor) or rel_codes.shape != boxes.shape:
         raise ValueError(f"rel_codes must have the shape of boxes {list(boxes.shape)}")
     wx, wy, ww, wh = weights
-    px, py, pw, ph = _centre_size(boxes.to(rel_codes.dtype))
+    px, py, pw, ph = _centre_size(boxes.to(rel_codes))  # its dtype and device
     dx, dy = rel_codes[:, 0] / wx, rel_codes[:, 1] / wy
     dw, dh = (rel_codes[:, 2] / ww).clamp(max=clamp), (rel_codes[:, 3] / wh).clamp(max=clamp)
     cx, cy = dx * pw + px, dy * ph + py

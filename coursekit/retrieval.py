@@ -28,6 +28,7 @@ from torch.utils.data import Sampler
 
 from coursekit.losses import contrastive_loss, triplet_loss
 from coursekit.metrics.retrieval import pairwise_distances
+from coursekit.runtime import draw_device
 from coursekit.train import eval_mode
 from coursekit.weights import IMAGENET_MEAN, IMAGENET_STD
 
@@ -180,7 +181,8 @@ def mine_triplets(embeddings: Tensor, labels: Tensor, strategy: Mining = "semi-h
     d_an = torch.where(neg_mask[a], d[a], inf)  # (T, B) distance to each negative, inf elsewhere
     if strategy == "random":
         weights = neg_mask[a].float()
-        n = torch.multinomial(weights, 1, generator=generator).flatten()
+        on = draw_device(generator, weights.device)
+        n = torch.multinomial(weights.to(on), 1, generator=generator).flatten().to(weights.device)
     elif strategy == "hard":
         n = d_an.argmin(1)
     else:  # semi-hard: the closest negative farther than the positive

@@ -39,6 +39,12 @@ def device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def draw_device(generator: torch.Generator | None, default: torch.device) -> torch.device:
+    """Where to draw random numbers with ``generator``: on its own device, since a CPU generator cannot draw on
+    CUDA (and the same seed then gives the same draws on every device); on ``default`` without one."""
+    return generator.device if generator is not None else default
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same.
 

@@ -213,3 +213,13 @@ def test_sample_balanced_is_reproducible_uniform_and_batched():
     rows = torch.stack([labels, labels.flip(0)])
     pos, neg = sample_balanced(rows, 8, 0.25, g)
     assert pos.sum(1).tolist() == [2, 2] and neg.sum(1).tolist() == [6, 6]
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sample_balanced_on_cuda_with_a_cpu_generator_picks_what_the_cpu_picks():
+    # On CUDA, torch.rand refuses a CPU generator: the keys are drawn where the generator is, then moved.
+    labels = torch.tensor([1] * 10 + [0] * 30)
+    on_cpu = sample_balanced(labels, 8, 0.25, torch.Generator().manual_seed(7))
+    on_gpu = sample_balanced(labels.cuda(), 8, 0.25, torch.Generator().manual_seed(7))
+    assert all(g.device.type == "cuda" and torch.equal(g.cpu(), c) for c, g in zip(on_cpu, on_gpu))

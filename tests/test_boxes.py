@@ -181,6 +181,14 @@ def test_decode_clamps_wild_deltas():
         B.encode_boxes(proposals, proposals.repeat(2, 1))
 
 
+def test_decode_moves_the_boxes_to_the_deltas_device():
+    # Found on a GPU (notebook 05): SSD's anchors were made on the CPU, its deltas came from CUDA. The meta
+    # device stands in for CUDA: boxes left on the CPU raise the same "two devices" error there.
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 20.0, 30.0]])
+    out = B.decode_boxes(torch.zeros(2, 4, device="meta"), anchors)
+    assert out.device.type == "meta" and out.shape == (2, 4)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_paired_box_iou_is_the_diagonal_of_torchvisions_box_iou_and_broadcasts(seed):
     a, b = random_boxes(50, seed, min_wh=0.5), random_boxes(50, seed + 100, min_wh=0.5)

@@ -113,3 +113,12 @@ def test_bad_input_is_explained():
         retrieval.faiss_index(torch.rand(10, 4), "lsh")
     with pytest.raises(ValueError, match="contrastive"):
         retrieval.metric_step("arcface")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_random_mining_on_cuda_with_a_cpu_generator_draws_what_the_cpu_draws():
+    # Found on a GPU (notebook 10): torch.multinomial on CUDA refuses a CPU generator.
+    x, labels = _batch(seed=2)
+    on_cpu = retrieval.mine_triplets(x, labels, "random", generator=torch.Generator().manual_seed(0))
+    on_gpu = retrieval.mine_triplets(x.cuda(), labels.cuda(), "random", generator=torch.Generator().manual_seed(0))
+    assert all(c.device.type == "cuda" and torch.equal(c.cpu(), a) for a, c in zip(on_cpu, on_gpu))

@@ -40,6 +40,7 @@ def test_siamfc_is_translation_equivariant_with_stride_4():
         b = model(z, x[..., :79, 4:83])
     assert a.shape == (1, 1, 11, 11) and model.score_size() == 11
     assert torch.allclose(a[..., 1:], b[..., :-1], atol=1e-5)
+    assert SiamFC(width=4).to("meta").score_size() == 11  # probes on the model's device (meta stands in for CUDA)
 
 
 def test_both_networks_are_registered():

@@ -138,9 +138,10 @@ class SiamFC(nn.Module):
 
     def score_size(self) -> int:
         """Side of the score map for the default input sizes."""
+        on = next(self.parameters()).device
         with torch.no_grad():
-            z = self.embed(torch.zeros(1, 3, self.exemplar_size, self.exemplar_size))
-            x = self.embed(torch.zeros(1, 3, self.search_size, self.search_size))
+            z = self.embed(torch.zeros(1, 3, self.exemplar_size, self.exemplar_size, device=on))
+            x = self.embed(torch.zeros(1, 3, self.search_size, self.search_size, device=on))
         return x.shape[-1] - z.shape[-1] + 1
 
 
