@@ -61,12 +61,12 @@ def test_registered_cases_compare_equal_results():
         assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-4), case.name
 
 
-def _load_runner():
+def _load_runner(script: str = "run"):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_run", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{script}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,3 +102,18 @@ def test_busy_cpu_runs_a_competing_process_only_inside_the_block():
         spinners = [p for p in psutil.Process().children() if p.pid not in before]
         assert len(spinners) == 1 and spinners[0].is_running()
     assert not spinners[0].is_running() or spinners[0].status() == psutil.STATUS_ZOMBIE
+
+
+def test_amp_bench_counts_training_steps_through_the_trainer():
+    amp = _load_runner("amp")
+    steps = []
+
+    def tiny():
+        model = torch.nn.Linear(4, 2)
+        step = lambda m, batch, device: (steps.append(1), {"loss": m(batch.to(device)).square().mean()})[1]  # noqa: E731
+        return model, step, torch.rand(8, 4)
+
+    rate = amp.steps_per_second(tiny, "cpu", False, seconds=0.05)
+    assert rate > 0 and len(steps) >= 5 + 1  # the warm-up steps, then at least one timed one
+    with pytest.raises(ValueError, match="CUDA"):
+        amp.steps_per_second(tiny, "cpu", True, seconds=0.05)  # AMP needs CUDA: said, not ignored
