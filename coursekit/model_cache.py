@@ -54,7 +54,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ModelCache", "TrainedRun", "cached_training", "models_dir", "read_log", "prepare_lecture", "FORMAT"]
+__all__ = ["ModelCache", "TrainedRun", "cached_training", "models_dir", "read_log", "prepare_lecture",
+           "compare_printed", "printed_lines", "FORMAT"]
 
 FORMAT = 1  # layout of a cache file; bump when it changes (old files are then retrained, with a line saying so)
 _TRUE = ("1", "true", "yes", "on")
@@ -661,8 +662,10 @@ def prepare_lecture(
     """Run the chosen notebooks (``["05", "07"]``; None: all) in the lecture profile, so that every training
     they do lands in the cache; print a table of what was trained or loaded and how long it took.
 
-    Executed copies go to ``out_dir`` (default ``$COURSEKIT_CACHE/executed``). Returns 0, or 1 if a notebook
-    failed (the others still run).
+    Executed copies go to ``out_dir`` (default ``$COURSEKIT_CACHE/executed``); the one of the run before is kept
+    as ``NN_name.previous.ipynb`` and the printed results of the two are compared (:func:`compare_printed`): run
+    it twice, cold then warm, and the table says whether the cached models reproduce the live ones.
+    Returns 0, or 1 if a notebook failed (the others still run).
     """
     try:
         import papermill
@@ -682,17 +685,21 @@ def prepare_lecture(
         path = folder / file
         if not path.is_file():
             raise FileNotFoundError(f"no notebook at {path}: run from the course's folder or pass --notebooks")
-        number = file[:2]
+        number, executed, previous = file[:2], out / file, out / f"{Path(file).stem}.previous.ipynb"
+        if executed.is_file():
+            executed.replace(previous)
+        else:
+            previous.unlink(missing_ok=True)
         print(f"--- {file}: lecture profile{' (RETRAIN = True)' if retrain else ''}", flush=True)
         start_clock, start = time.time(), time.perf_counter()
         status = "ok"
         try:
             guard_lost_wakeups()  # the widget-cell hang: coursekit/headless.py
-            papermill.execute_notebook(str(path), str(out / file), cwd=str(folder), kernel_name="python3",
+            papermill.execute_notebook(str(path), str(executed), cwd=str(folder), kernel_name="python3",
                                        parameters={"PROFILE": "lecture", "RETRAIN": retrain}, progress_bar=False)
             from coursekit.site import store_executed
 
-            store_executed(path, out / file, "lecture")  # the website shows lecture outputs where it has them
+            store_executed(path, executed, "lecture")  # the website shows lecture outputs where it has them
         except Exception as err:  # papermill's PapermillExecutionError names the cell; keep going
             status, failed = f"FAILED: {type(err).__name__}: {_first_line(err)}", failed + 1
         seconds = time.perf_counter() - start
@@ -701,10 +708,48 @@ def prepare_lecture(
                 result = _describe(row.get("steps"), row.get("metrics", {})).strip(" ()")
                 rows.append((number, row["name"], row["event"], f"{row['seconds']:.0f}" if row["event"] == "trained"
                              else "-", result))
-        rows.append((number, "(whole notebook)", status, f"{seconds:.0f}", ""))
+        same = compare_printed(previous, executed) if status == "ok" and previous.is_file() else ""
+        rows.append((number, "(whole notebook)", status, f"{seconds:.0f}", same))
     _print_table(("notebook", "model", "what", "train s", "result"), rows)
     print(f"cache: {models_dir()}; executed notebooks: {out}")
     return 1 if failed else 0
+
+
+# Lines that differ between two runs by design: timings, progress bars, and the cache's own "trained" / "loaded".
+_UNSTABLE = re.compile(r"it/s|s/it|%\||\d\s?(s|ms|min)\b|seconds?\b|per second|/s\b|FPS|took|coursekit:|object at 0x")
+
+
+def printed_lines(path: str | Path) -> list[str]:
+    """What an executed notebook printed (streams and cell results), line by line, minus the unstable lines.
+
+    Displays (figures, widgets, the live training plot that only a training run shows) are left out.
+    """
+    lines = []
+    for cell in json.loads(Path(path).read_text(encoding="utf-8"))["cells"]:
+        for output in cell.get("outputs", []):
+            kind = output.get("output_type")
+            if kind not in ("stream", "execute_result"):
+                continue
+            text = output.get("text") if kind == "stream" else output.get("data", {}).get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text or ""
+            lines += [s.strip() for s in text.replace("\r", "\n").splitlines() if s.strip() and not _UNSTABLE.search(s)]
+    return lines
+
+
+def compare_printed(before: str | Path, after: str | Path) -> str:
+    """One line: whether two executed copies of a notebook printed the same results.
+
+    Lines with a unit of time are left out (:func:`printed_lines`), but a speed table's bare numbers are not:
+    the first difference is quoted so that a reader sees whether it is a timing or a result.
+    """
+    a, b = printed_lines(before), printed_lines(after)
+    differ = [(x, y) for x, y in zip(a, b) if x != y]
+    n = max(len(a), len(b))
+    if not differ and len(a) == len(b):
+        return f"printed the same {n} lines as the run before"
+    first = differ[0] if differ else (f"{len(a)} lines", f"{len(b)} lines")
+    return (f"{n - len(differ) - abs(len(a) - len(b))} of {n} printed lines as the run before; first difference: "
+            f"{first[0][:60]!r} -> {first[1][:60]!r}")
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

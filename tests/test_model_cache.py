@@ -216,6 +216,7 @@ def test_prepare_lecture_runs_notebooks_and_tabulates_what_it_trained(tmp_path, 
         "cache = ck.ModelCache('98', PROFILE, retrain=RETRAIN)\n"
         "net = torch.nn.Linear(2, 2)\n"
         "run = cache.train('tiny', net, lambda: {'loss': 0.5}, lambda m: {'acc': 0.75}, steps=3)\n"
+        "print('acc', run.metrics['acc'])\n"
         "print('from cache:', run.from_cache)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, folder / "98_tiny.ipynb")
@@ -229,5 +230,10 @@ def test_prepare_lecture_runs_notebooks_and_tabulates_what_it_trained(tmp_path, 
     assert [row[2] for row in table] == ["trained", "ok", "loaded", "ok"], out
     assert "acc 0.75" in out
     assert "from cache: True" in (tmp_path / "out" / "98_tiny.ipynb").read_text()
+    # the cold copy is kept beside the warm one, and the table compares what they printed
+    assert "from cache: False" in (tmp_path / "out" / "98_tiny.previous.ipynb").read_text()
+    assert "1 of 2 printed lines as the run before; first difference: 'from cache: False' -> 'from cache: True'" in out
+    assert model_cache.prepare_lecture(["98"], notebooks_dir=folder, out_dir=tmp_path / "out") == 0
+    assert "printed the same 2 lines as the run before" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no notebook '77'"):
         model_cache.prepare_lecture(["77"], notebooks_dir=folder)
