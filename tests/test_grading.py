@@ -190,8 +190,10 @@ def test_find_solution_by_file_or_folder_name(tmp_path):
 def test_kernel_is_this_python_offline_and_without_secrets(monkeypatch):
     monkeypatch.setenv("GITHUB_TOKEN", "s3cret")
     monkeypatch.setenv("COURSEKIT_OFFLINE", "0")
+    monkeypatch.setenv("COURSEKIT_DEVICE", "cuda")  # the grading host's own choice never reaches a submission
     env = _kernel_env("fast")
     assert "GITHUB_TOKEN" not in env and env["COURSEKIT_OFFLINE"] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["COURSEKIT_DEVICE"] == "cpu" and env["CUDA_VISIBLE_DEVICES"] == ""  # same grade with or without a GPU
     assert env["COURSEKIT_PROFILE"] == "fast" and env["PATH"] == __import__("os").environ["PATH"]
     assert _ThisPythonKernelManager(kernel_name="python3").kernel_spec.argv[0] == sys.executable
 

@@ -146,3 +146,13 @@ def test_psnr_known_values_and_errors():
 def test_public_api():
     for name in M.__all__:
         assert hasattr(M, name), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_metrics_take_a_gpu_prediction_against_cpu_ground_truth():
+    # Found on a GPU: a DIP output or a student's prediction on CUDA, the clean image or the masks on the CPU.
+    g = torch.Generator().manual_seed(0)
+    img, ref = torch.rand(3, 16, 16, generator=g), torch.rand(3, 16, 16, generator=g)
+    assert M.psnr(img.cuda(), ref) == pytest.approx(M.psnr(img, ref))
+    pred, target = torch.randint(0, 3, (2, 8, 8), generator=g), torch.randint(0, 3, (2, 8, 8), generator=g)
+    assert torch.equal(M.confusion_matrix(pred.cuda(), target, 3), M.confusion_matrix(pred, target, 3))

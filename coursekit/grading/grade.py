@@ -255,10 +255,12 @@ def _transport_config(socket_dir: Path) -> Config:
 def _kernel_env(profile: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
     # Grading never needs the network, never opens a window, and uses the notebooks' fast profile; one
-    # thread per kernel, so that parallel jobs do not fight over the cores.
+    # thread per kernel, so that parallel jobs do not fight over the cores. Always the CPU: a grade must not
+    # depend on whether the grading host has a GPU (cuDNN's sums vary from run to run), and a host's own
+    # COURSEKIT_DEVICE=cuda must not reach a sandbox that hides the GPU (ck.device() would raise in every cell).
     env.update(COURSEKIT_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg",
                COURSEKIT_PROFILE=profile, PYDEVD_DISABLE_FILE_VALIDATION="1", OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", PYTHONNOUSERSITE="1")
+               MKL_NUM_THREADS="1", PYTHONNOUSERSITE="1", COURSEKIT_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
     return env
 
 

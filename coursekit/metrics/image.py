@@ -30,5 +30,6 @@ def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0) -> float:
         raise ValueError("pred and target are empty")
     if not data_range > 0:
         raise ValueError(f"data_range must be positive, got {data_range}")
-    mse = float(torch.mean((pred.detach().double() - target.detach().double()) ** 2))
+    # on pred's device: a GPU output against a CPU image is common (a DIP fit, a student's own loop)
+    mse = float(torch.mean((pred.detach().double() - target.detach().to(pred.device).double()) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)

@@ -28,7 +28,7 @@ def _check_label_maps(pred: Tensor, target: Tensor, num_classes: int, ignore_ind
     if pred.dim() not in (2, 3):
         raise ValueError(f"label maps must be Tensor[H, W] or Tensor[N, H, W], got {list(pred.shape)}")
     keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
-    for name, x in (("pred", pred[keep]), ("target", target[keep])):
+    for name, x in (("pred", pred[keep.to(pred.device)]), ("target", target[keep])):
         if x.numel() and (x.min() < 0 or x.max() >= num_classes):
             raise ValueError(
                 f"{name} has labels outside [0, {num_classes}): min {int(x.min())}, max {int(x.max())}; "
@@ -44,6 +44,7 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     ``target * C + pred`` counts every pixel at once.
     """
     keep = _check_label_maps(pred, target, num_classes, ignore_index)
+    pred = pred.to(target.device)  # a GPU prediction against CPU ground truth is counted where the truth is
     codes = target[keep].long() * num_classes + pred[keep].long()
     return torch.bincount(codes, minlength=num_classes**2).reshape(num_classes, num_classes)
 
