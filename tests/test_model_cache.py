@@ -237,3 +237,21 @@ def test_prepare_lecture_runs_notebooks_and_tabulates_what_it_trained(tmp_path, 
     assert "printed the same 2 lines as the run before" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no notebook '77'"):
         model_cache.prepare_lecture(["77"], notebooks_dir=folder)
+
+
+def test_printed_lines_mask_durations_and_keep_results(tmp_path):
+    def notebook(path, seconds, miou):
+        cells = [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [
+            {"output_type": "stream", "name": "stdout",
+             "text": [f"fcn32s: mIoU {miou}\n", f"U-Net, 2500 steps in {seconds} s: mIoU 0.914\n",
+                      "coursekit: loaded unet from the cache\n", f"train: 100%|####| 10/10 [{seconds}s, 3.1it/s]\n"]},
+            {"output_type": "display_data", "data": {"text/plain": "<Figure size 640x480 with 1 Axes>"}}]}]
+        path.write_text(json.dumps({"cells": cells}))
+        return path
+
+    cold, warm = notebook(tmp_path / "cold.ipynb", 801, 0.421), notebook(tmp_path / "warm.ipynb", 12.5, 0.421)
+    assert model_cache.printed_lines(cold) == ["fcn32s: mIoU 0.421", "U-Net, 2500 steps in <time>: mIoU 0.914"]
+    assert model_cache.compare_printed(cold, warm) == "printed the same 2 lines as the run before"
+    other = notebook(tmp_path / "other.ipynb", 801, 0.5)
+    assert "1 of 2 printed lines as the run before; first difference: 'fcn32s: mIoU 0.421'" in \
+        model_cache.compare_printed(cold, other)
